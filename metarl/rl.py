@@ -1,0 +1,183 @@
+"""Policy-gradient math of MAML for RL, as pure functions (torch + numpy only; RLlib imports this).
+
+One meta-iteration for one task (Finn et al. 2017; ProMP, Rothfuss et al. 2019, for the outer objective)::
+
+    support_k ~ π(θ_k)                         episodes sampled with the k-times adapted policy
+    θ_{k+1}   = θ_k - α ∇θ L_inner(θ_k; support_k),   L_inner = -mean_t[ log π_θ(a_t|s_t) · Â_t ]
+    query     ~ π(θ_K)
+    L_outer(θ) = -mean_t[ min(r_t Â_t, clip(r_t, 1-ε, 1+ε) Â_t) ],   r_t = π_{θ_K(θ)}(a_t|s_t) / π_old(a_t|s_t)
+
+Â_t are returns-to-go minus the MAML paper's linear-feature baseline fitted per task (rllab's
+``LinearFeatureBaseline``), normalised per batch. The SAME functions run on the EnvRunner (to adapt while sampling)
+and on the Learner (to recompute θ_K differentiably), so both see the same θ_K for the same episodes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from metarl import maml
+
+#: log_prob_fn(params, obs (E,T,D), actions (E,T,...)) -> log π(a|s) (E,T)
+LogProbFn = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """Whole episodes of ONE task, padded to the horizon (numpy; what EnvRunners send to Learners).
+
+    ``obs`` (E, T, D); ``actions`` (E, T, A) or (E, T) for discrete; ``rewards``, ``mask``, ``logp`` (E, T).
+    ``mask`` is 1 on real steps. ``logp`` is log π_old(a|s) of the policy that sampled the episode, and
+    ``weights_id`` names those weights: ``"<iteration>/<inner step k>"``.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    mask: np.ndarray
+    logp: np.ndarray
+    weights_id: str = ""
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.obs.shape[0])
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.mask.sum())
+
+    def episode_returns(self) -> np.ndarray:
+        return (self.rewards * self.mask).sum(axis=1)
+
+    def tensors(self, dtype: torch.dtype = torch.float32, device="cpu") -> dict[str, torch.Tensor]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.ndarray):
+                t = torch.as_tensor(v, device=device)
+                out[f.name] = t.to(dtype) if t.is_floating_point() else t
+        return out
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float) -> torch.Tensor:
+    """R_t = Σ_{t'≥t} γ^{t'-t} r_t' over the real steps of each episode. (E, T) -> (E, T)."""
+    rewards = rewards * mask
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, t] + gamma * running * mask[:, t]
+        out[:, t] = running
+    return out * mask
+
+
+def linear_baseline(obs: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, reg: float = 1e-5) -> torch.Tensor:
+    """The MAML paper's linear-feature baseline, fitted by ridge regression on one task's episodes.
+
+    Features (rllab ``LinearFeatureBaseline``): [o, o², t/100, (t/100)², (t/100)³, 1] with o clipped to ±10.
+    Fitted in float64 whatever the inputs; returns values (E, T) in float64 (zero on padding).
+    """
+    obs, returns, mask = obs.double(), returns.double(), mask.double()
+    E, T = mask.shape
+    o = obs.reshape(E, T, -1).clamp(-10.0, 10.0)
+    t = torch.arange(T, dtype=torch.float64, device=obs.device).view(1, T, 1).expand(E, T, 1) / 100.0
+    feats = torch.cat([o, o * o, t, t**2, t**3, torch.ones_like(t)], dim=2) * mask.unsqueeze(-1)  # (E, T, F)
+    f = feats.reshape(E * T, -1)
+    y = (returns * mask).reshape(E * T, 1)
+    a, b = f.T @ f, f.T @ y
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    for _ in range(5):  # rllab: raise the ridge until the solve is finite
+        w = torch.linalg.solve(a + reg * eye, b)
+        if torch.isfinite(w).all():
+            break
+        reg *= 10.0
+    return (feats @ w).squeeze(-1) * mask
+
+
+def advantages(batch: dict[str, torch.Tensor], *, gamma: float, normalize: bool = True) -> torch.Tensor:
+    """Â = R - b(s, t), normalised over the real steps of the batch. Returned in the dtype of ``obs``; no grad."""
+    with torch.no_grad():
+        mask = batch["mask"]
+        ret = returns_to_go(batch["rewards"].double(), mask.double(), gamma=gamma)
+        adv = ret - linear_baseline(batch["obs"], ret, mask)
+        if normalize:
+            m = mask.double()
+            n = m.sum().clamp_min(1.0)
+            mean = (adv * m).sum() / n
+            std = (((adv - mean) ** 2 * m).sum() / n).sqrt()
+            adv = (adv - mean) / (std + 1e-8) * m
+        return adv.to(batch["obs"].dtype)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def vpg_loss(logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inner objective: L = -mean_t[log π(a_t|s_t) Â_t]."""
+    return -masked_mean(logp * adv, mask)
+
+
+def clipped_surrogate_loss(
+    logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip: float
+) -> torch.Tensor:
+    """ProMP's outer objective without the KL term: -mean_t[min(r Â, clip(r, 1±ε) Â)], r = exp(logp - logp_old)."""
+    ratio = torch.exp(logp - logp_old)
+    surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
+    return -masked_mean(surr, mask)
+
+
+def diag_gaussian_log_prob(dist_inputs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log N(a; μ, σ) summed over action dims; ``dist_inputs`` = [μ, log σ] along the last dim (RLlib's layout)."""
+    mean, log_std = dist_inputs.chunk(2, dim=-1)
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z * z - log_std - 0.5 * np.log(2.0 * np.pi)).sum(-1)
+
+
+def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+
+def adapt_policy(
+    log_prob_fn: LogProbFn,
+    params: dict[str, torch.Tensor],
+    support: Sequence[dict[str, torch.Tensor]],
+    *,
+    lr: float,
+    gamma: float,
+    first_order: bool = False,
+    normalize_advantages: bool = True,
+) -> tuple[OrderedDict, list[float]]:
+    """θ_{k+1} = θ_k - α ∇ L_inner(θ_k; support[k]) for k = 0..len(support)-1; returns (θ_K, inner losses).
+
+    With ``first_order=False`` θ_K stays differentiable w.r.t. ``params`` to second order (the Learner's path);
+    the EnvRunner calls it the same way and detaches.
+    """
+    losses = []
+    for batch in support:
+        adv = advantages(batch, gamma=gamma, normalize=normalize_advantages)
+        loss = vpg_loss(log_prob_fn(params, batch["obs"], batch["actions"]), adv, batch["mask"])
+        losses.append(float(loss.detach()))
+        params = maml.inner_step(loss, params, lr=lr, first_order=first_order)
+    return OrderedDict(params), losses
+
+
+def outer_loss(
+    log_prob_fn: LogProbFn,
+    adapted: dict[str, torch.Tensor],
+    query: dict[str, torch.Tensor],
+    *,
+    gamma: float,
+    clip: float,
+    normalize_advantages: bool = True,
+    adv: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped surrogate of the adapted policy on the query episodes; returns (loss, logp)."""
+    if adv is None:
+        adv = advantages(query, gamma=gamma, normalize=normalize_advantages)
+    logp = log_prob_fn(adapted, query["obs"], query["actions"])
+    return clipped_surrogate_loss(logp, query["logp"], adv, query["mask"], clip=clip), logp

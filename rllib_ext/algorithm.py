@@ -1,0 +1,277 @@
+"""MAMLConfig (the numbers) and MAML (the loop) on RLlib's new API stack.
+
+One meta-iteration (``MAML.training_step``)::
+
+    tasks  = sample meta_batch_size tasks (seeded sampler; its state is checkpointed)
+    runner r, for each of its tasks (MAMLEnvRunner.run_task, no weight round-trip to the driver):
+        support_0 ~ π(θ); θ_1 = θ - α∇L_inner; ... ; query ~ π(θ_K); restore θ
+    learners: θ <- Adam step(s) on Σ_tasks L_outer(θ_K(θ)) (MAMLLearner.meta_update), shards all-reduced
+    runners  <- θ
+
+``inner_steps=0`` is the non-meta baseline: multi-task training of θ on the same tasks without the inner step
+(adapted the same way at test time by ``metarl evaluate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from metarl import models, tasks
+from rllib_ext.learner import MAMLLearner
+from rllib_ext.module import MetaRLModule
+from rllib_ext.runner import MAMLEnvRunner, TaskJob
+
+logger = logging.getLogger(__name__)
+
+
+def gym_env_id(task: str) -> str:
+    """The gymnasium id in its ``module:id`` form, so that Ray workers that never imported metarl.tasks find it."""
+    return f"metarl.tasks:{tasks.env_id(task)}"
+
+#: the fields `.meta()` sets, with their defaults (old RLlib MAML / ProMP defaults)
+META_DEFAULTS = dict(
+    task="navigation-2d",  # CLI task name (metarl.tasks.names())
+    task_options={},  # kwargs for the task env, e.g. {"max_episode_steps": 100}
+    backbone="gru",  # metarl.models name; a top-level field so Tune can grid-search it
+    width=64,  # backbone width
+    backbone_kwargs={},
+    init_log_std=0.0,
+    inner_lr=0.1,  # α of the inner VPG step
+    inner_steps=1,  # K inner steps (0 = the non-meta multi-task baseline)
+    meta_batch_size=20,  # tasks per meta-iteration
+    episodes_per_task=20,  # episodes per task per inner step (a multiple of num_envs_per_env_runner)
+    first_order=False,  # drop the second-order term of the meta-gradient
+    outer_steps=5,  # Adam steps on the clipped surrogate per meta-iteration
+    clip_param=0.3,  # ProMP surrogate clip ε
+    normalize_advantages=True,
+    max_seq_len=None,  # BPTT length; None = the task's horizon (must be >= horizon)
+    dtype="float32",  # "float64" for exact-gradient checks
+    task_seed=None,  # seed of the task sampler; None = config.seed
+    max_task_retries=3,  # re-run a dead runner's tasks on healthy runners this many times, then fail
+)
+
+
+class MAMLConfig(AlgorithmConfig):
+    """Config for :class:`MAML`. Example::
+
+        config = (MAMLConfig()
+                  .meta(task="halfcheetah-dir", backbone="gru", inner_lr=0.1, meta_batch_size=20)
+                  .env_runners(num_env_runners=2, num_envs_per_env_runner=10))
+        algo = config.build_algo()
+    """
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or MAML)
+        for k, v in META_DEFAULTS.items():
+            setattr(self, k, v.copy() if isinstance(v, dict) else v)
+        self.lr = 1e-3  # outer Adam lr
+        self.grad_clip = 1.0  # outer gradient-norm clip
+        self.gamma = 0.99
+        self.env_runner_cls = MAMLEnvRunner
+        self.num_env_runners = 0
+        self.num_envs_per_env_runner = 10
+        self.restart_failed_env_runners = True
+        self.env = gym_env_id(self.task)
+
+    def meta(self, **kwargs) -> MAMLConfig:
+        """Set MAML fields (see ``META_DEFAULTS`` for names, defaults and meaning)."""
+        for k, v in kwargs.items():
+            if k not in META_DEFAULTS:
+                raise ValueError(f"MAMLConfig.meta(): unknown field {k!r}; known fields: {sorted(META_DEFAULTS)}")
+            if v is not NotProvided:
+                setattr(self, k, v)
+        if "task" in kwargs and kwargs["task"] in tasks.names():
+            self.env = gym_env_id(self.task)
+        return self
+
+    @property
+    def horizon(self) -> int:
+        return int(self.task_options.get("max_episode_steps") or tasks.horizon(self.task))
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(
+            module_class=MetaRLModule,
+            model_config={
+                "backbone": self.backbone,
+                "width": self.width,
+                "backbone_kwargs": dict(self.backbone_kwargs),
+                "init_log_std": self.init_log_std,
+                "max_seq_len": self.max_seq_len or self.horizon,
+                "dtype": self.dtype,
+            },
+        )
+
+    def get_default_learner_class(self):
+        return MAMLLearner
+
+    def validate_meta(self) -> None:
+        """Errors name the field, the value and what is allowed; raised before any actor starts."""
+
+        def bad(field, allowed):
+            raise ValueError(f"MAMLConfig.{field} = {getattr(self, field)!r} is invalid: {allowed}")
+
+        if self.task not in tasks.names():
+            bad("task", f"must be one of {tasks.names()}")
+        if self.backbone not in models.available():
+            bad("backbone", f"must be one of {models.available()}")
+        for f in ("inner_lr", "lr"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+                bad(f, "must be a finite number > 0")
+        for f, lo in (("inner_steps", 0), ("meta_batch_size", 1), ("episodes_per_task", 1), ("outer_steps", 1)):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                bad(f, f"must be an integer >= {lo}")
+        if not (isinstance(self.width, int) and self.width > 0):
+            bad("width", "must be a positive integer")
+        if not 0 < self.clip_param < 1:
+            bad("clip_param", "must be in (0, 1)")
+        if not 0 < self.gamma <= 1:
+            bad("gamma", "must be in (0, 1]")
+        if self.dtype not in ("float32", "float64"):
+            bad("dtype", "must be 'float32' or 'float64'")
+        if self.episodes_per_task % self.num_envs_per_env_runner:
+            raise ValueError(
+                f"MAMLConfig.episodes_per_task = {self.episodes_per_task} must be a multiple of "
+                f"num_envs_per_env_runner = {self.num_envs_per_env_runner} (each sub-env runs the same number of "
+                "whole episodes of the runner's task)"
+            )
+        n_learners = max(self.num_learners, 1)
+        if self.meta_batch_size % n_learners:
+            raise ValueError(
+                f"MAMLConfig.meta_batch_size = {self.meta_batch_size} must be divisible by num_learners = "
+                f"{self.num_learners} (the Learners shard the meta-batch by task)"
+            )
+        if self.max_seq_len is not None and self.max_seq_len < self.horizon:
+            raise ValueError(
+                f"MAMLConfig.max_seq_len = {self.max_seq_len} is below the horizon {self.horizon} of task "
+                f"{self.task!r}: MAML backpropagates through whole episodes (max_seq_len >= horizon)"
+            )
+
+    def validate(self) -> None:
+        self.validate_meta()
+        self.env = gym_env_id(self.task)
+        super().validate()
+
+
+class MAML(Algorithm):
+    @classmethod
+    def get_default_config(cls) -> MAMLConfig:
+        return MAMLConfig()
+
+    def setup(self, config) -> None:
+        config.validate_meta()
+        super().setup(config)
+        self._task_env = tasks.make(self.config.task, **self.config.task_options).unwrapped
+        seed = self.config.task_seed if self.config.task_seed is not None else (self.config.seed or 0)
+        self._task_rng = np.random.default_rng(seed)
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+
+    # --- one meta-iteration --------------------------------------------------------------------------------------
+    def training_step(self) -> None:
+        cfg = self.config
+        iteration = self.iteration
+        task_list = self._task_env.sample_tasks(cfg.meta_batch_size, seed=int(self._task_rng.integers(2**31)))
+        jobs = [
+            TaskJob(task=t, task_index=i, iteration=iteration, seed=int(self._task_rng.integers(2**31)))
+            for i, t in enumerate(task_list)
+        ]
+        t0 = time.perf_counter()
+        results = self.run_jobs(jobs)
+        t_sample = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        learner_metrics = self.meta_update(results)
+        t_update = time.perf_counter() - t0
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        self._log_iteration(results, learner_metrics, t_sample=t_sample, t_update=t_update)
+
+    def run_jobs(self, jobs: list[TaskJob]) -> list[dict]:
+        """Run every job on the runners; re-run the jobs of dead runners. Never drops a task silently."""
+        group = self.env_runner_group
+        done: dict[int, dict] = {}
+        todo = list(jobs)
+        for attempt in range(self.config.max_task_retries + 1):
+            if group.num_remote_env_runners() == 0:
+                for r in group.local_env_runner.run_tasks(todo):
+                    done[r["task_index"]] = r
+            else:
+                if attempt > 0:
+                    self.restore_env_runners(group)
+                    group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+                ids = group.healthy_env_runner_ids()
+                if not ids:
+                    raise RuntimeError("MAML: no healthy EnvRunner left to sample tasks")
+                shares = [todo[i :: len(ids)] for i in range(len(ids))]
+                ids, shares = zip(*[(i, s) for i, s in zip(ids, shares) if s])
+                fns = [lambda er, s=s: er.run_tasks(s) for s in shares]
+                for out in group.foreach_env_runner(fns, local_env_runner=False, remote_worker_ids=list(ids)):
+                    for r in out:
+                        done[r["task_index"]] = r
+            todo = [j for j in jobs if j.task_index not in done]
+            if not todo:
+                return [done[j.task_index] for j in jobs]
+            logger.warning(
+                "MAML: %d task(s) %s lost with a failed EnvRunner; retrying (%d/%d)",
+                len(todo), [j.task_index for j in todo], attempt + 1, self.config.max_task_retries,
+            )
+            self._retried_tasks = getattr(self, "_retried_tasks", 0) + len(todo)
+        raise RuntimeError(
+            f"MAML: tasks {[j.task_index for j in todo]} of iteration {jobs[0].iteration} could not be sampled after "
+            f"{self.config.max_task_retries} retries"
+        )
+
+    def meta_update(self, results: list[dict]) -> dict:
+        n = len(results)
+        group = self.learner_group
+        if group.is_local:
+            return group._learner.meta_update(results, num_tasks_total=n)
+        k = len(group)
+        shards = [results[i * n // k : (i + 1) * n // k] for i in range(k)]
+        refs = group._worker_manager.foreach_actor(
+            [lambda lr, s=s: lr.meta_update(s, num_tasks_total=n) for s in shards]
+        )
+        out = [r.get() for r in refs]
+        return out[0]
+
+    # --- metrics ----------------------------------------------------------------------------------------------
+    def _log_iteration(self, results, learner_metrics, *, t_sample: float, t_update: float) -> None:
+        m = self.metrics
+        returns = np.array([r["returns"] for r in results])  # (tasks, K+1)
+        for k in range(returns.shape[1]):
+            m.log_value(("adapt", f"return_step_{k}"), float(returns[:, k].mean()), window=1)
+        m.log_value(("adapt", "return_post"), float(returns[:, -1].mean()), window=1)
+        m.log_value(("adapt", "gain"), float(returns[:, -1].mean() - returns[:, 0].mean()), window=1)
+        m.log_value(("adapt", "return_post_std_tasks"), float(returns[:, -1].std()), window=1)
+        losses = [x for r in results for x in r["inner_losses"]]
+        if losses:
+            m.log_value(("inner", "loss"), float(np.mean(losses)), window=1)
+        for key, v in learner_metrics.items():
+            m.log_value(("meta", key), float(v), window=1)
+        steps = int(sum(r["env_steps"] for r in results))
+        m.log_value(("env_steps", "this_iter"), steps, window=1)
+        m.log_value(("env_steps", "discarded_this_iter"), int(sum(r["discarded_steps"] for r in results)), window=1)
+        m.log_value(("env_steps", "lifetime"), steps, reduce="lifetime_sum")
+        m.log_value((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), steps, reduce="lifetime_sum")
+        m.log_value(("time", "sample_and_adapt_s"), t_sample, window=1)
+        m.log_value(("time", "runner_sampling_s"), float(sum(r["time_sample_s"] for r in results)), window=1)
+        m.log_value(("time", "runner_adapting_s"), float(sum(r["time_adapt_s"] for r in results)), window=1)
+        m.log_value(("time", "meta_update_s"), t_update, window=1)
+        m.log_value(("tasks", "retried_lifetime"), getattr(self, "_retried_tasks", 0), window=1)
+
+    # --- checkpoint: the task sampler's random state travels with the Algorithm --------------------------------
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        state["maml_task_rng"] = self._task_rng.bit_generator.state
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        if "maml_task_rng" in state:
+            self._task_rng.bit_generator.state = state["maml_task_rng"]
