@@ -59,7 +59,7 @@ class EpisodeBatch:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, np.ndarray):
-                t = torch.as_tensor(v, device=device)
+                t = torch.tensor(v, device=device)  # a copy: arrays from Ray's object store are read-only
                 out[f.name] = t.to(dtype) if t.is_floating_point() else t
         return out
 

@@ -89,6 +89,7 @@ class MAMLConfig(AlgorithmConfig):
                 setattr(self, k, v)
         if "task" in kwargs and kwargs["task"] in tasks.names():
             self.env = gym_env_id(self.task)
+        self.env_config = dict(self.task_options)
         return self
 
     @property
@@ -158,6 +159,7 @@ class MAMLConfig(AlgorithmConfig):
     def validate(self) -> None:
         self.validate_meta()
         self.env = gym_env_id(self.task)
+        self.env_config = dict(self.task_options)
         super().validate()
 
 
@@ -203,11 +205,8 @@ class MAML(Algorithm):
                     done[r["task_index"]] = r
             else:
                 if attempt > 0:
-                    self.restore_env_runners(group)
-                    group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+                    self._wait_for_runners()
                 ids = group.healthy_env_runner_ids()
-                if not ids:
-                    raise RuntimeError("MAML: no healthy EnvRunner left to sample tasks")
                 shares = [todo[i :: len(ids)] for i in range(len(ids))]
                 ids, shares = zip(*[(i, s) for i, s in zip(ids, shares) if s])
                 fns = [lambda er, s=s: er.run_tasks(s) for s in shares]
@@ -226,6 +225,19 @@ class MAML(Algorithm):
             f"MAML: tasks {[j.task_index for j in todo]} of iteration {jobs[0].iteration} could not be sampled after "
             f"{self.config.max_task_retries} retries"
         )
+
+    def _wait_for_runners(self) -> None:
+        """Bring failed runners back (RLlib's restart), sync θ to them; wait until at least one is healthy."""
+        group = self.env_runner_group
+        deadline = time.monotonic() + self.config.env_runner_restore_timeout_s + 60.0
+        while True:
+            self.restore_env_runners(group)
+            if group.healthy_env_runner_ids():
+                group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("MAML: no healthy EnvRunner came back to sample the remaining tasks")
+            time.sleep(1.0)
 
     def meta_update(self, results: list[dict]) -> dict:
         n = len(results)
