@@ -1,0 +1,263 @@
+"""``metarl report DIR``: turn a Tune sweep folder into ``DIR/report.md`` and ``DIR/plots/*.png``.
+
+Reads every trial folder ``DIR/<trial>/`` holding ``params.json`` plus ``progress.csv`` (or ``result.json``, one
+JSON result per line). Per (task, backbone, method) cell, over its seeds, at each trial's last iteration:
+
+    return before adaptation  R_0 = adapt/return_step_0      (θ)
+    return after k steps      R_k = adapt/return_step_k      (θ_k, k = 1..K; the multitask baseline has K = 0)
+    gain                      R_K - R_0
+    env steps, wall time      env_steps/lifetime, time_total_s
+    parameters                model/num_params (the whole policy module; backbones matched by metarl sweep)
+
+each written as ``mean ± std`` (std over seeds, ddof=1; 0 with one seed). Plots: ``learning_<task>.png``
+(adapt/return_post per iteration, one line per backbone/method, band = ±1 std over seeds) and
+``adaptation_<task>.png`` (final return vs number of inner steps k). No Ray import; matplotlib with Agg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Trial:
+    name: str
+    params: dict  # the trial's resolved config (params.json)
+    rows: list[dict]  # one flat {column: float} per reported iteration
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(task, backbone, method); method falls back to inner_steps (0 = multitask)."""
+        p = self.params
+        method = p.get("method") or ("multitask" if p.get("inner_steps") == 0 else "maml")
+        return str(p.get("task")), str(p.get("backbone")), str(method)
+
+
+def _number(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def _read_rows(trial_dir: Path) -> list[dict]:
+    csv_path, json_path = trial_dir / "progress.csv", trial_dir / "result.json"
+    if csv_path.exists() and csv_path.stat().st_size > 0:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if json_path.exists():
+        lines = json_path.read_text(encoding="utf-8").splitlines()
+        return [_flatten(json.loads(line)) for line in lines if line.strip()]
+    return []
+
+
+def load_trials(exp_dir: str | Path) -> list[Trial]:
+    """Every trial folder under ``exp_dir`` with params.json and at least one result, sorted by name."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise ValueError(f"report: {str(exp_dir)!r} is not a folder (give the Tune experiment folder)")
+    trials = []
+    for params_path in sorted(exp_dir.glob("*/params.json")):
+        rows = _read_rows(params_path.parent)
+        if not rows:
+            logger.warning("report: %s has no results yet; skipped", params_path.parent.name)
+            continue
+        trials.append(Trial(params_path.parent.name, json.loads(params_path.read_text(encoding="utf-8")), rows))
+    if not trials:
+        raise ValueError(f"report: no trial folders with params.json and progress.csv/result.json in {exp_dir}")
+    return trials
+
+
+def _steps(rows: list[dict]) -> list[int]:
+    return sorted({int(c.rsplit("_", 1)[1]) for r in rows for c in r if c.startswith("adapt/return_step_")})
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if a.size == 0:
+        return math.nan, math.nan
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def summarize(trials: list[Trial]) -> list[dict]:
+    """One dict per (task, backbone, method) cell: {"task", ..., "seeds", "return_step_k": (mean, std), ...}."""
+    cells: dict[tuple, list[Trial]] = defaultdict(list)
+    for t in trials:
+        cells[t.key].append(t)
+    out = []
+    for (task, backbone, method), ts in sorted(cells.items()):
+        last = [t.rows[-1] for t in ts]
+        steps = _steps(last)
+        cell = {"task": task, "backbone": backbone, "method": method, "seeds": len(ts), "steps": steps}
+        for k in steps:
+            cell[f"return_step_{k}"] = _mean_std([r.get(f"adapt/return_step_{k}", math.nan) for r in last])
+        if steps:
+            cell["gain"] = _mean_std([r.get(f"adapt/return_step_{steps[-1]}", math.nan)
+                                      - r.get("adapt/return_step_0", math.nan) for r in last])
+        for name, col in (("iterations", "training_iteration"), ("env_steps", "env_steps/lifetime"),
+                          ("wall_s", "time_total_s"), ("num_params", "model/num_params")):
+            cell[name] = _mean_std([r.get(col, math.nan) for r in last])
+        out.append(cell)
+    return out
+
+
+def _fmt(ms: tuple[float, float], digits: int = 1) -> str:
+    m, s = ms
+    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(cells: list[dict]) -> str:
+    k_max = max((c["steps"][-1] for c in cells if c["steps"]), default=0)
+    head = ["task", "backbone", "method", "seeds", "params", "iters", "return before (θ)",
+            *[f"after {k} step{'s' * (k > 1)}" for k in range(1, k_max + 1)], "gain", "env steps", "wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        after = [_fmt(c[f"return_step_{k}"], 2) if f"return_step_{k}" in c else "—" for k in range(1, k_max + 1)]
+        params = c["num_params"][0]
+        row = [c["task"], c["backbone"], c["method"], str(c["seeds"]),
+               "n/a" if math.isnan(params) else f"{int(round(params)):,}", f"{c['iterations'][0]:.0f}",
+               _fmt(c.get("return_step_0", (math.nan, math.nan)), 2), *after,
+               _fmt(c.get("gain", (math.nan, math.nan)), 2), _fmt(c["env_steps"], 0), _fmt(c["wall_s"], 1)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _label(backbone: str, method: str) -> str:
+    return backbone if method == "maml" else f"{backbone} ({method})"
+
+
+def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
+    """learning_<task>.png and adaptation_<task>.png per task; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in sorted({t.key[0] for t in trials}):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        groups: dict[tuple, list[Trial]] = defaultdict(list)
+        for t in trials:
+            if t.key[0] == task:
+                groups[t.key[1:]].append(t)
+        for (backbone, method), ts in sorted(groups.items()):
+            n = max(len(t.rows) for t in ts)
+            curves = np.full((len(ts), n), np.nan)  # (seeds, iterations); ASHA may stop some seeds early
+            for i, t in enumerate(ts):
+                curves[i, : len(t.rows)] = [r.get("adapt/return_post", np.nan) for r in t.rows]
+            x = np.arange(1, n + 1)
+            with np.errstate(invalid="ignore"), _quiet():
+                mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+            line, = ax.plot(x, mean, marker="o", ms=3, label=_label(backbone, method),
+                            ls="--" if method != "maml" else "-")
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set(title=f"{task}: return after adaptation (mean ± std over seeds)", xlabel="meta-iteration",
+               ylabel="adapt/return_post")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, plots_dir / f"learning_{task}.png"))
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for c in (c for c in cells if c["task"] == task):
+            ks = c["steps"]
+            ms = np.array([c[f"return_step_{k}"] for k in ks])  # (K+1, 2)
+            ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=_label(c["backbone"], c["method"]))
+        ax.set(title=f"{task}: return vs adaptation steps (last iteration)", xlabel="inner steps k",
+               ylabel="mean return with θ_k")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, plots_dir / f"adaptation_{task}.png"))
+    return written
+
+
+class _quiet:
+    """Silence numpy's 'Mean of empty slice' for iterations no seed reached."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(exp_dir: str | Path) -> Path:
+    """Write ``exp_dir/report.md`` and ``exp_dir/plots/*.png``; returns the report path."""
+    exp_dir = Path(exp_dir)
+    trials = load_trials(exp_dir)
+    cells = summarize(trials)
+    pngs = plot(trials, cells, exp_dir / "plots")
+    parts = [f"# Sweep report: {exp_dir.name}", "",
+             f"{len(trials)} trials. Values at each trial's last iteration, mean ± std over seeds. "
+             "`return before` uses θ, `after k steps` θ_k; `gain` = last step − before; params = the whole policy "
+             "module (`model/num_params`).", "", markdown_table(cells), ""]
+    sweep_json = exp_dir / "sweep.json"
+    if sweep_json.exists():
+        widths = json.loads(sweep_json.read_text(encoding="utf-8")).get("matched_widths") or {}
+        if widths:
+            parts += ["## Matched backbone sizes", "", "| task | backbone | width | backbone params |",
+                      "|---|---|---|---|"]
+            parts += [f"| {t} | {b} | {v['width']} | {v['backbone_params']:,} |"
+                      for t, row in widths.items() for b, v in row.items()]
+            parts.append("")
+    parts += ["## Plots", "", *[f"![{p.stem}](plots/{p.name})" for p in pngs], ""]
+    out = exp_dir / "report.md"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("dir", help="the Tune experiment folder (<storage>/<name> of metarl sweep)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        out = write_report(args.dir)
+    except ValueError as e:
+        print(f"metarl report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} and {out.parent / 'plots'}/")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m metarl.report", description=__doc__.splitlines()[0])
+    sys.exit(main(add_arguments(parser).parse_args()))

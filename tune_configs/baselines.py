@@ -1,0 +1,194 @@
+"""The baseline-comparison sweep as data: backbones x task families x methods x seeds, built from ``MAMLConfig``.
+
+One trial = one ``MAML`` run of ``MAMLConfig`` with these fields set by the grid::
+
+    task       in --tasks          (metarl.tasks.names())
+    backbone   in --backbones      (metarl.models.available(); default: all of them)
+    method     in {"maml", "multitask"}   multitask = .meta(inner_steps=0): θ trained on the same tasks
+                                           without the inner step (the non-meta baseline)
+    seed       in range(--seeds)   (weights and task sampler)
+    width      = matched[task][backbone]: the width at which the backbone has ~``target_params`` parameters
+                 (``metarl.models.build_matched``), so that backbones are compared at an equal size
+
+The numbers that do not vary (iterations, meta-batch, runners, resources, checkpoints, scheduler) come from a
+``SweepSize`` (``SIZES["smoke"]`` runs on a laptop in minutes, ``SIZES["full"]`` is the paper-sized run).
+``check_axes`` raises ``ValueError`` for bad axes before Ray starts; nothing here imports Ray at module level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from metarl import models, tasks
+
+METHODS = {"maml": None, "multitask": 0}  # method -> inner_steps (None: the size's inner_steps)
+DEFAULT_TASKS = ("halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "humanoid-dir")
+METRIC = "adapt/return_post"  # what ASHA and the best-trial summary rank by (mode "max")
+
+
+@dataclass(frozen=True)
+class SweepSize:
+    """Everything a sweep fixes across its trials (one docstring-comment per field)."""
+
+    iterations: int  # meta-iterations per trial (the Tune stop criterion on training_iteration)
+    meta_batch_size: int  # tasks per meta-iteration
+    episodes_per_task: int  # episodes per task per inner step (multiple of num_envs_per_env_runner)
+    num_env_runners: int  # remote EnvRunners per trial (0: sample in the trial's main process)
+    num_envs_per_env_runner: int  # vectorised sub-envs per runner
+    target_params: int  # parameter budget every backbone is matched to (build_matched)
+    inner_steps: int = 1  # K of the "maml" method ("multitask" uses 0)
+    outer_steps: int = 5  # Adam steps per meta-iteration
+    horizon: int | None = None  # episode length; None = the task's default
+    num_learners: int = 0  # remote Learners per trial (0: one Learner in the main process)
+    num_cpus_for_main_process: float = 1.0  # CPUs of the trial's main process (the local Learner's too)
+    num_cpus_per_env_runner: float = 1.0
+    checkpoint_frequency: int = 10  # checkpoint every N iterations (and at the end): failed trials resume there
+    max_failures: int = 3  # retries per trial, each from its last checkpoint
+    scheduler: str = "asha"  # "fifo" or "asha" (early-stops trials that lag on adapt/return_post)
+    grace_period: int = 50  # ASHA: iterations before a trial can be stopped
+    meta_overrides: dict = field(default_factory=dict)  # extra MAMLConfig.meta(...) fields
+
+
+SIZES: dict[str, SweepSize] = {
+    # 2 CPUs, minutes: each trial = 1 CPU (no remote actors), so two trials run side by side
+    "smoke": SweepSize(iterations=2, meta_batch_size=2, episodes_per_task=2, num_env_runners=0,
+                       num_envs_per_env_runner=2, target_params=600, outer_steps=1, horizon=20,
+                       checkpoint_frequency=1, max_failures=1, scheduler="fifo", grace_period=1),
+    # the comparison itself: per trial 1 main CPU + 8 EnvRunners x 1 CPU (+ GPUs from --gpus-per-trial)
+    "full": SweepSize(iterations=500, meta_batch_size=40, episodes_per_task=20, num_env_runners=8,
+                      num_envs_per_env_runner=10, target_params=50_000, outer_steps=5, checkpoint_frequency=25,
+                      max_failures=3, scheduler="asha", grace_period=100),
+}
+
+
+def check_axes(*, backbones: list[str], task_names: list[str], seeds: int, methods: list[str]) -> None:
+    """ValueError naming the argument, the bad value and what is allowed (called before Ray starts)."""
+    if not backbones:
+        raise ValueError(f"--backbones is empty; choose from {models.available()}")
+    bad = [b for b in backbones if b not in models.available()]
+    if bad:
+        raise ValueError(f"--backbones: unknown backbone(s) {bad}; available: {models.available()}")
+    if not task_names:
+        raise ValueError(f"--tasks is empty; choose from {tasks.names()}")
+    bad = [t for t in task_names if t not in tasks.names()]
+    if bad:
+        raise ValueError(f"--tasks: unknown task(s) {bad}; available: {tasks.names()}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"--seeds = {seeds!r}: the number of seeds per cell must be an integer >= 1")
+    bad = [m for m in methods if m not in METHODS]
+    if not methods or bad:
+        raise ValueError(f"--methods: unknown or empty {bad or methods}; allowed: {sorted(METHODS)}")
+    for axis, values in (("--backbones", backbones), ("--tasks", task_names), ("--methods", methods)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{axis} lists a value twice: {values}")
+
+
+def io_dims(task: str) -> tuple[int, int]:
+    """(observation dim, policy output dim) of a task, as ``rllib_ext.module.MetaRLModule`` sees them."""
+    env = tasks.make(task)
+    try:
+        obs, act = env.observation_space, env.action_space
+        out = int(act.n) if hasattr(act, "n") else int(act.shape[0])
+        return int(obs.shape[0]), out
+    finally:
+        env.close()
+
+
+def matched_widths(*, backbones: list[str], task_names: list[str], target_params: int) -> dict[str, dict]:
+    """{task: {backbone: {"width": w, "backbone_params": n}}}: the width whose backbone is closest to the budget.
+
+    The module adds ``action_dim`` log σ parameters on top (reported by the trials as ``model/num_params``).
+    """
+    out: dict[str, dict] = {}
+    for task in task_names:
+        obs_dim, out_dim = io_dims(task)
+        out[task] = {}
+        for b in backbones:
+            net = models.build_matched(b, target_params=target_params, input_dim=obs_dim, output_dim=out_dim)
+            n = models.num_params(net)
+            out[task][b] = {"width": width_of(b, num_params=n, input_dim=obs_dim, output_dim=out_dim),
+                            "backbone_params": n}
+    return out
+
+
+def width_of(name: str, *, num_params: int, input_dim: int, output_dim: int) -> int:
+    """The smallest width at which backbone ``name`` has exactly ``num_params`` parameters.
+
+    ``build_matched`` returns a model, not its width, and backbones do not share a ``width`` attribute: scan the
+    widths (counted on the ``meta`` device, no memory; widths the backbone rejects are skipped).
+    """
+    import torch
+
+    with torch.device("meta"):
+        for w in range(1, 1 << 14):
+            try:
+                net = models.build(name, input_dim=input_dim, output_dim=output_dim, width=w)
+            except ValueError:
+                continue
+            n = models.num_params(net)
+            if n == num_params:
+                return w
+            if n > num_params:
+                break
+    raise ValueError(f"no width of backbone {name!r} gives {num_params} parameters (input {input_dim}, "
+                     f"output {output_dim})")
+
+
+def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
+    """The ``MAMLConfig`` shared by every trial (resources included; the grid fills in the axes).
+
+    ``gpus_per_trial`` is the trial's total: the local Learner gets all of it, N remote Learners X/N each.
+    """
+    from rllib_ext.algorithm import MAMLConfig
+    from tune_configs.callbacks import ModelSizeCallback
+
+    if gpus_per_trial < 0:
+        raise ValueError(f"--gpus-per-trial = {gpus_per_trial} must be >= 0")
+    task_options = {"max_episode_steps": size.horizon} if size.horizon else {}
+    return (
+        MAMLConfig()
+        .meta(meta_batch_size=size.meta_batch_size, episodes_per_task=size.episodes_per_task,
+              outer_steps=size.outer_steps, inner_steps=size.inner_steps, task_options=task_options,
+              **size.meta_overrides)
+        .environment(env_config=dict(task_options))
+        .env_runners(num_env_runners=size.num_env_runners, num_envs_per_env_runner=size.num_envs_per_env_runner,
+                     num_cpus_per_env_runner=size.num_cpus_per_env_runner)
+        .learners(num_learners=size.num_learners,
+                  num_gpus_per_learner=gpus_per_trial / max(size.num_learners, 1))
+        .resources(num_cpus_for_main_process=size.num_cpus_for_main_process)
+        .callbacks(ModelSizeCallback)
+    )
+
+
+def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str], seeds: int,
+                methods: list[str] = ("maml", "multitask"), widths: dict | None = None,
+                gpus_per_trial: float = 0.0) -> dict:
+    """The Tune ``param_space``: ``MAMLConfig.to_dict()`` with grids over task, backbone, method and seed.
+
+    ``width`` and ``inner_steps`` are ``tune.sample_from`` functions of the grid point (matched size, method).
+    """
+    from ray import tune
+
+    methods = list(methods)
+    check_axes(backbones=list(backbones), task_names=list(task_names), seeds=seeds, methods=methods)
+    if widths is None:
+        widths = matched_widths(backbones=list(backbones), task_names=list(task_names),
+                                target_params=size.target_params)
+    table = {t: {b: widths[t][b]["width"] for b in backbones} for t in task_names}
+    k = size.inner_steps
+    space = base_config(size, gpus_per_trial=gpus_per_trial).to_dict()
+    space.update(
+        task=tune.grid_search(list(task_names)),
+        backbone=tune.grid_search(list(backbones)),
+        method=tune.grid_search(methods),
+        seed=tune.grid_search(list(range(seeds))),
+        width=tune.sample_from(lambda config: table[config["task"]][config["backbone"]]),
+        inner_steps=tune.sample_from(lambda config: k if METHODS[config["method"]] is None else 0),
+    )
+    return space
+
+
+def with_size(size: SweepSize, **changes) -> SweepSize:
+    """A copy of ``size`` with some fields changed (e.g. ``iterations`` from the command line)."""
+    return dataclasses.replace(size, **changes)
