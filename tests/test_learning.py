@@ -3,8 +3,10 @@
 Calibration (offline, 5 seeds 0-4, MLP width 64, 10 tasks x 10 episodes, H=100, one inner VPG step, defaults
 otherwise; training metrics ``adapt/return_step_1 - adapt/return_step_0`` averaged over iterations):
 - iterations 10-13: mean gain 4.9 / 5.7 / 5.4 / 6.7 / 4.9 (min 4.9); iterations 26-29: 9.2-16.9 (min 9.2).
-- after 30 iterations, evaluated on 20 held-out goals x 10 episodes: see ``test_maml_beats_pre_adaptation_and_the
-  _multitask_baseline`` for the numbers and margins.
+- after 30 iterations, evaluated on 20 held-out goals x 10 episodes with one inner step (seeds 0-4):
+  MAML pre -43.4 / -40.2 / -40.1 / -43.0 / -43.2, post -25.7 / -24.1 / -26.9 / -23.8 / -30.1 (gain min 13.0);
+  multi-task baseline (inner_steps=0, same budget) post -40.9 / -36.0 / -36.7 / -38.1 / -39.3
+  (MAML post - baseline post: min 9.2).
 For scale (../shared/PROTOCOL.md): a paper-size MAML-TRPO reaches about -20 after one step vs -38 before.
 """
 
@@ -59,7 +61,7 @@ def test_adaptation_gain_appears_within_14_iterations():
 def test_maml_beats_pre_adaptation_and_the_multitask_baseline(seed, tmp_path):
     """30 iterations each; held-out evaluation with one inner step (20 goals x 10 episodes, same seeds).
 
-    Margins: MAML post - MAML pre > 5 and MAML post - baseline post > 2 (calibrated: see BENCHMARKS.md).
+    Margins: MAML post - MAML pre > 8 (calibrated min 13.0) and MAML post - baseline post > 5 (calibrated min 9.2).
     """
     from metarl.evaluate import evaluate
 
@@ -72,5 +74,5 @@ def test_maml_beats_pre_adaptation_and_the_multitask_baseline(seed, tmp_path):
                                                         seed=seed)["steps"]]
     maml_pre, maml_post = out["maml"]
     base_post = out["multitask"][1]
-    assert maml_post - maml_pre > 5.0, out
-    assert maml_post - base_post > 2.0, out
+    assert maml_post - maml_pre > 8.0, out
+    assert maml_post - base_post > 5.0, out
