@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="comma-separated task families")
     parser.add_argument("--methods", default="maml,multitask", help="maml and/or multitask (inner_steps=0)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (task, backbone, method) cell")
-    parser.add_argument("--smoke", action="store_true", help="tiny trials (2 CPUs, minutes) instead of the full size")
+    parser.add_argument("--smoke", action="store_true", help="tiny trials (2 CPUs, minutes): same as --size smoke")
+    parser.add_argument("--size", choices=["smoke", "laptop", "full"], default=None,
+                        help="trial size (tune_configs/baselines.py SIZES; default full, or smoke with --smoke)")
     parser.add_argument("--storage", default="runs/sweeps", help="folder, file:///folder or s3://bucket/prefix")
     parser.add_argument("--name", default=None, help="experiment name (default: sweep-<date>-<time>)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
@@ -57,7 +59,7 @@ def plan(args: argparse.Namespace) -> dict:
     backbones = _csv(args.backbones) if args.backbones else models.available()
     task_names, methods = _csv(args.tasks), _csv(args.methods)
     check_axes(backbones=backbones, task_names=task_names, seeds=args.seeds, methods=methods)
-    size = SIZES["smoke" if args.smoke else "full"]
+    size = SIZES[args.size or ("smoke" if args.smoke else "full")]
     changes = {}
     for flag, field in (("iterations", "iterations"), ("target_params", "target_params")):
         v = getattr(args, flag)

@@ -55,6 +55,11 @@ SIZES: dict[str, SweepSize] = {
     "smoke": SweepSize(iterations=2, meta_batch_size=2, episodes_per_task=2, num_env_runners=0,
                        num_envs_per_env_runner=2, target_params=600, outer_steps=1, horizon=20,
                        checkpoint_frequency=1, max_failures=1, scheduler="fifo", grace_period=1),
+    # a real but small comparison on a laptop (tens of minutes on 2 CPUs for a few backbones on navigation-2d):
+    # the budget of the README's results table
+    "laptop": SweepSize(iterations=20, meta_batch_size=10, episodes_per_task=10, num_env_runners=0,
+                        num_envs_per_env_runner=10, target_params=5_000, outer_steps=5, checkpoint_frequency=10,
+                        max_failures=1, scheduler="fifo", grace_period=10),
     # the comparison itself: per trial 1 main CPU + 8 EnvRunners x 1 CPU (+ GPUs from --gpus-per-trial)
     "full": SweepSize(iterations=500, meta_batch_size=40, episodes_per_task=20, num_env_runners=8,
                       num_envs_per_env_runner=10, target_params=50_000, outer_steps=5, checkpoint_frequency=25,

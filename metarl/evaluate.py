@@ -1,0 +1,143 @@
+"""``metarl evaluate``: adapt a trained policy on the held-out test tasks and report the return after each step.
+
+For each test task (``env.unwrapped.test_tasks(num_tasks, seed=test_seed)``, fixed across runs), with the
+stochastic policy::
+
+    support_0 ~ π(θ)  (K episodes);  θ_1 = θ - α ∇ L_inner(θ; support_0);  support_1 ~ π(θ_1);  ...  up to θ_N
+
+which is exactly the EnvRunner's ``run_task`` (built here in-process: no Ray cluster) with ``inner_steps = N`` and
+``episodes_per_task = K``. Reported per step k = 0..N: the mean return over tasks x episodes, its standard error
+over tasks, the spread (std) over tasks and over episodes, and the env steps spent up to and including step k
+(k = 0: before any adaptation). Example::
+
+    metarl evaluate --checkpoint runs/hc --adapt-steps 3 --episodes 20 --out eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import numpy as np
+
+from metarl.provenance import json_safe, provenance
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="run folder (uses checkpoints/latest) or checkpoint folder")
+    parser.add_argument("--adapt-steps", type=int, default=3, help="inner steps N (returns reported for k = 0..N)")
+    parser.add_argument("--episodes", type=int, default=20, help="episodes K per task per step")
+    parser.add_argument("--num-tasks", type=int, default=40, help="held-out test tasks (MAML paper: 40)")
+    parser.add_argument("--num-envs", type=int, default=None, help="sub-envs (a divisor of --episodes; default <= 10)")
+    parser.add_argument("--inner-lr", type=float, default=None, help="α of the inner step (default: the checkpoint's)")
+    parser.add_argument("--test-seed", type=int, default=1, help="seed of the test-task set (MAML paper: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
+    parser.add_argument("--out", default=None, help="write the results to this JSON file")
+    return parser
+
+
+def _largest_divisor(k: int, *, at_most: int) -> int:
+    return max(d for d in range(1, min(k, at_most) + 1) if k % d == 0)
+
+
+def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40, num_envs: int | None = None,
+             inner_lr: float | None = None, test_seed: int = 1, seed: int = 0) -> dict:
+    """Adapt on each test task; returns {"steps": [per-k summary], "per_task": [...], "provenance": ...}."""
+    from metarl import tasks
+    from rllib_ext.checkpoint import POLICY_SUBDIR, load_config, resolve_checkpoint
+    from rllib_ext.runner import MAMLEnvRunner, TaskJob, _derive_seed
+
+    for name, v, lo in (("adapt_steps", adapt_steps, 0), ("episodes", episodes, 1), ("num_tasks", num_tasks, 1)):
+        if not isinstance(v, int) or v < lo:
+            raise ValueError(f"evaluate(): {name} = {v!r} must be an integer >= {lo}")
+    num_envs = num_envs or _largest_divisor(episodes, at_most=10)
+    if episodes % num_envs:
+        raise ValueError(f"evaluate(): num_envs = {num_envs} must divide episodes = {episodes}")
+    ckpt = resolve_checkpoint(checkpoint)
+    cfg = load_config(ckpt).copy(copy_frozen=False)
+    cfg.meta(inner_steps=adapt_steps, episodes_per_task=episodes)
+    if inner_lr is not None:
+        cfg.meta(inner_lr=inner_lr)
+    cfg.env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs)
+    cfg.env_config = dict(cfg.task_options)
+    test_tasks = tasks.make(cfg.task, **cfg.task_options).unwrapped.test_tasks(num_tasks, seed=test_seed)
+
+    runner = MAMLEnvRunner(config=cfg)
+    try:
+        runner.module.restore_from_path(str((ckpt / POLICY_SUBDIR).resolve()))
+        per_task = []
+        for i, task in enumerate(test_tasks):
+            out = runner.run_task(TaskJob(task=task, task_index=i, iteration=-1, seed=_derive_seed(seed, i)))
+            batches = [*out["support"], out["query"]]
+            per_task.append({
+                "task": np.asarray(task.as_array()).tolist(),
+                "returns": [b.episode_returns().tolist() for b in batches],  # [k][episode]
+                "env_steps": [b.num_steps for b in batches],
+            })
+    finally:
+        runner.stop()
+    rets = np.array([t["returns"] for t in per_task])  # (tasks, N+1, K)
+    steps = np.array([t["env_steps"] for t in per_task]).sum(0)  # (N+1,)
+    task_means = rets.mean(2)  # (tasks, N+1)
+    summary = []
+    for k in range(adapt_steps + 1):
+        summary.append({
+            "k": k,
+            "return_mean": float(task_means[:, k].mean()),
+            "return_sem_tasks": float(task_means[:, k].std(ddof=1) / np.sqrt(num_tasks)) if num_tasks > 1 else 0.0,
+            "return_std_tasks": float(task_means[:, k].std()),
+            "return_std_episodes": float(rets[:, k].std()),
+            "env_steps": int(steps[k]),
+            "env_steps_cumulative": int(steps[: k + 1].sum()),
+        })
+    return {
+        "checkpoint": str(ckpt),
+        "task": cfg.task,
+        "adapt_steps": adapt_steps,
+        "episodes": episodes,
+        "num_tasks": num_tasks,
+        "inner_lr": cfg.inner_lr,
+        "steps": summary,
+        "per_task": per_task,
+        "provenance": provenance(config=cfg, seeds={"seed": seed, "test_seed": test_seed},
+                                 extra={"checkpoint": str(ckpt)}),
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{result['task']}: {result['num_tasks']} test tasks x {result['episodes']} episodes, "
+        f"inner lr {result['inner_lr']}, checkpoint {result['checkpoint']}",
+        f"{'step k':>6}  {'return':>10}  {'± sem':>8}  {'std tasks':>9}  {'std eps':>8}  {'env steps':>10}  {'cum.':>10}",
+    ]
+    for s in result["steps"]:
+        lines.append(
+            f"{s['k']:>6d}  {s['return_mean']:>10.2f}  {s['return_sem_tasks']:>8.2f}  {s['return_std_tasks']:>9.2f}"
+            f"  {s['return_std_episodes']:>8.2f}  {s['env_steps']:>10,d}  {s['env_steps_cumulative']:>10,d}"
+        )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = evaluate(args.checkpoint, adapt_steps=args.adapt_steps, episodes=args.episodes,
+                          num_tasks=args.num_tasks, num_envs=args.num_envs, inner_lr=args.inner_lr,
+                          test_seed=args.test_seed, seed=args.seed)
+    except ValueError as e:
+        print(f"metarl evaluate: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(json_safe(result), f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(add_arguments(argparse.ArgumentParser(prog="metarl evaluate")).parse_args()))

@@ -1,0 +1,233 @@
+"""The run loop (rllib_ext.training) behind run_mujoco.py and `metarl train`: resume = uninterrupted, crash-safe
+checkpoints, NaN stops, identical flags, clear errors. Tiny budgets (navigation-2d, horizon 10); one Ray per module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import ray
+
+from rllib_ext import checkpoint as ckpt_mod
+from rllib_ext import training
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--task", "navigation-2d", "--backbone", "gru", "--width", "16", "--meta-batch-size", "2",
+        "--episodes-per-task", "2", "--num-envs-per-runner", "2", "--outer-steps", "1", "--horizon", "10",
+        "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_args(out, iterations: int, *extra: str) -> argparse.Namespace:
+    parser = training.add_arguments(argparse.ArgumentParser())
+    return parser.parse_args([*TINY, "--out", str(out), "--iterations", str(iterations), *extra])
+
+
+def records(out) -> list[dict]:
+    return json.loads((pathlib.Path(out) / "results.json").read_text())["records"]
+
+
+def latest_name(out) -> str:
+    return (pathlib.Path(out) / "checkpoints" / "latest").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-iteration run: what every interrupted/resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    training.run(tiny_args(out, 3), echo=lambda s: None)
+    return records(out)
+
+
+def assert_same_run(got: list[dict], want: list[dict]) -> None:
+    assert [r["iteration"] for r in got] == [r["iteration"] for r in want]
+    for g, w in zip(got, want):
+        assert g["task_params"] == w["task_params"], f"iteration {g['iteration']}: different tasks"
+        assert g["env_steps/lifetime"] == w["env_steps/lifetime"]
+        for k in ("adapt/return_step_0", "adapt/return_step_1", "meta/outer_loss_last"):
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["iteration"], k)
+
+
+@pytest.mark.timeout(240)
+def test_resume_to_larger_total_equals_uninterrupted_run(tmp_path, reference):
+    out = tmp_path / "run"
+    lines = []
+    s2 = training.run(tiny_args(out, 2), echo=lines.append)
+    assert s2["completed"] == 2 and latest_name(out) == "checkpoint_000002"
+    assert len(lines) == 2 and "iter    1/2" in lines[0] and "ETA" in lines[0]
+    s3 = training.run(tiny_args(out, 3, "--resume"), echo=lines.append)
+    assert s3["completed"] == 3 and latest_name(out) == "checkpoint_000003"
+    got = records(out)
+    assert_same_run(got, reference)
+    # counters continued: lifetime steps are the running sum of the per-iteration steps
+    assert np.cumsum([r["env_steps/this_iter"] for r in got]).tolist() == [r["env_steps/lifetime"] for r in got]
+    res = json.loads((out / "results.json").read_text())
+    assert [r["from_iteration"] for r in res["resumes"]] == [2]
+    assert res["provenance"]["config"]["task"] == "navigation-2d" and "torch" in res["provenance"]["versions"]
+    csv_rows = (out / "progress.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + 3 and csv_rows[0].startswith("iteration,")
+    assert (out / "adaptation.png").stat().st_size > 0 and any((out / "tb").iterdir())
+
+
+@pytest.mark.timeout(240)
+def test_crash_mid_checkpoint_keeps_latest_and_resume_recovers(tmp_path, reference, monkeypatch):
+    out = tmp_path / "run"
+    training.run(tiny_args(out, 2), echo=lambda s: None)
+
+    class Killed(BaseException):  # not an Exception: nothing may catch and "handle" the simulated kill
+        pass
+
+    def die_before_rename(tmp):
+        assert (tmp / "algorithm_state.pkl").exists()  # the state is written, not yet visible
+        raise Killed
+
+    monkeypatch.setattr(training, "save_checkpoint",
+                        functools.partial(ckpt_mod.save_checkpoint, before_rename=die_before_rename))
+    with pytest.raises(Killed):
+        training.run(tiny_args(out, 4, "--resume"), echo=lambda s: None)
+    assert latest_name(out) == "checkpoint_000002"
+    assert not (out / "checkpoints" / "checkpoint_000003").exists()
+    assert list((out / "checkpoints").glob(".tmp-checkpoint_000003-*")), "the partial write is left behind"
+    assert [r["iteration"] for r in records(out)] == [1, 2, 3]  # iteration 3 logged, not checkpointed
+
+    monkeypatch.undo()
+    training.run(tiny_args(out, 3, "--resume"), echo=lambda s: None)
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert latest_name(out) == "checkpoint_000003"
+    res = json.loads((out / "results.json").read_text())
+    assert res["resumes"][-1] == {**res["resumes"][-1], "from_iteration": 2, "dropped_records": [3]}
+    assert_same_run(res["records"], reference)
+
+
+@pytest.mark.timeout(240)
+def test_nan_loss_stops_with_iteration_and_component_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from rllib_ext.learner import MAMLLearner
+
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    original = MAMLLearner.meta_update
+
+    def nan_on_second_call(self, *a, **kw):
+        m = original(self, *a, **kw)
+        calls["n"] += 1
+        return {**m, "outer_loss_last": float("nan")} if calls["n"] == 2 else m
+
+    monkeypatch.setattr(MAMLLearner, "meta_update", nan_on_second_call)
+    with pytest.raises(FloatingPointError, match=r"iteration 2: meta/outer_loss_last = nan .*Learner meta-update"):
+        training.run(tiny_args(out, 3), echo=lambda s: None)
+    assert latest_name(out) == "checkpoint_000001"
+    assert [r["iteration"] for r in records(out)] == [1]
+
+
+def test_check_finite_table():
+    ok = {"iteration": 1, "adapt/return_step_0": -3.0, "meta/outer_loss": 0.1, "time/meta_update_s": 2.0}
+    training.check_finite(ok, 1)
+    for key, component in (("adapt/return_step_1", "EnvRunner returns"), ("inner/loss", "EnvRunner inner step"),
+                           ("meta/grad_norm", "Learner meta-update")):
+        for bad in (math.nan, math.inf):
+            with pytest.raises(FloatingPointError, match=f"iteration 7: {key} = .*{component}"):
+                training.check_finite({**ok, key: bad}, 7)
+    training.check_finite({**ok, "time/meta_update_s": math.nan}, 1)  # bookkeeping is not checked
+
+
+@pytest.mark.timeout(240)
+def test_metarl_train_main_in_process_to_file_uri(tmp_path, capsys):
+    from metarl import cli, train
+
+    remote = tmp_path / "bucket" / "run"
+    uri = f"file://{remote}"
+    args = cli.build_parser("train").parse_args(["train", *TINY, "--iterations", "2", "--out", uri])
+    assert train.main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completed"] == 2
+    assert latest_name(remote) == "checkpoint_000002"
+    assert [r["iteration"] for r in records(remote)] == [1, 2]
+    assert ckpt_mod.is_complete(remote / "checkpoints" / "checkpoint_000002")
+    # resume through the URI: downloads, continues, uploads
+    args = cli.build_parser("train").parse_args(["train", *TINY, "--iterations", "3", "--out", uri, "--resume"])
+    assert train.main(args) == 0
+    assert [r["iteration"] for r in records(remote)] == [1, 2, 3] and latest_name(remote) == "checkpoint_000003"
+
+
+def _run_mujoco():
+    spec = importlib.util.spec_from_file_location("run_mujoco", ROOT / "benchmarks" / "run_mujoco.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flags_of_metarl_train_and_run_mujoco_match():
+    from metarl import cli
+
+    def options(parser):
+        return {tuple(a.option_strings): (a.default, a.type, a.nargs) for a in parser._actions if a.option_strings}
+
+    train_parser = cli.build_parser("train")._subparsers._group_actions[0].choices["train"]
+    got, want = options(train_parser), options(_run_mujoco().build_parser())
+    assert got == want
+    assert ("--iterations",) in got and ("--resume",) in got and ("--horizon",) in got
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_fails_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"task = 'no-such-task'.*navigation-2d"):
+        training.run(tiny_args(out, 1, "--task", "no-such-task"))
+    with pytest.raises(ValueError, match=r"backbone = 'nope'.*gru"):
+        training.run(tiny_args(out, 1, "--backbone", "nope"))
+    with pytest.raises(SystemExit) as e:  # the script: argparse-style error with the message
+        _run_mujoco().main([*TINY, "--out", str(out), "--task", "no-such-task"])
+    assert e.value.code == 2 and "no-such-task" in capsys.readouterr().err
+    assert not out.exists()
+
+    training.run(tiny_args(out, 2), echo=lambda s: None)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"--iterations = 1 is below the 2 iterations already completed"):
+        training.run(tiny_args(out, 1, "--resume"))
+    with pytest.raises(ValueError, match=r"already holds results.json.*--resume"):
+        training.run(tiny_args(out, 5))
+    with pytest.raises(ValueError, match=r"different model/task.*width"):
+        training.run(tiny_args(out, 5, "--resume", "--width", "8"))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # the total reached already: nothing to do, nothing rewritten
+    assert training.run(tiny_args(out, 2, "--resume"), echo=lambda s: None)["completed"] == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_latest_pointer_is_atomic_and_resolve_errors(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="does not exist"):
+        ckpt_mod.resolve_checkpoint(tmp_path / "missing")
+    with pytest.raises(ValueError, match="is not a checkpoint"):
+        ckpt_mod.resolve_checkpoint(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text("checkpoint_000009\n")
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        ckpt_mod.resolve_checkpoint(tmp_path)
+    ckpt_mod.write_text_atomic(tmp_path / "checkpoints" / "latest", "x\n")
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "x\n"
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["latest"]  # no temp file left
+
+
+def test_init_ray_joins_a_job_cluster_bare_and_leaves_a_running_ray_alone(monkeypatch):
+    calls = []
+    args = tiny_args("unused", 1)
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: calls.append((a, kw)))
+    assert training._init_ray(args) is False and calls == []  # the module's Ray is running: used as is
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert training._init_ray(args) is True and calls == [((), {})]  # inside `ray job submit`: no resources
+    monkeypatch.delenv("RAY_ADDRESS")
+    training._init_ray(tiny_args("unused", 1, "--num-cpus", "1", "--num-env-runners", "2"))
+    assert calls[-1] == ((), {"num_cpus": 3, "include_dashboard": False})  # driver + 2 runners at least
