@@ -174,6 +174,7 @@ class MAML(Algorithm):
         self._task_env = tasks.make(self.config.task, **self.config.task_options).unwrapped
         seed = self.config.task_seed if self.config.task_seed is not None else (self.config.seed or 0)
         self._task_rng = np.random.default_rng(seed)
+        self.last_tasks: list = []
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
 
     # --- one meta-iteration --------------------------------------------------------------------------------------
@@ -181,6 +182,7 @@ class MAML(Algorithm):
         cfg = self.config
         iteration = self.iteration
         task_list = self._task_env.sample_tasks(cfg.meta_batch_size, seed=int(self._task_rng.integers(2**31)))
+        self.last_tasks = task_list  # the meta-batch of the latest iteration (recorded by the run loop)
         jobs = [
             TaskJob(task=t, task_index=i, iteration=iteration, seed=int(self._task_rng.integers(2**31)))
             for i, t in enumerate(task_list)

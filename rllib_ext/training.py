@@ -347,14 +347,6 @@ def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dic
             if algo.iteration != start:
                 raise RuntimeError(f"restored {ckpt} but the Algorithm reports iteration {algo.iteration} != {start}")
             echo(f"resumed {args.out} from {ckpt.name} (iteration {start}); target {total}")
-        captured: list[np.ndarray] = []
-        run_jobs = algo.run_jobs
-
-        def recording_run_jobs(jobs):  # record the tasks each iteration really ran
-            captured[:] = [np.asarray(j.task.as_array()).tolist() for j in jobs]
-            return run_jobs(jobs)
-
-        algo.run_jobs = recording_run_jobs
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
         t_loop = time.perf_counter()
         for it in range(start + 1, total + 1):
@@ -364,7 +356,7 @@ def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dic
             except FloatingPointError as e:
                 raise FloatingPointError(f"iteration {it}: Learner meta-update failed: {e}") from e
             record = {"iteration": int(algo.iteration), **flatten(result), "wall_s": time.perf_counter() - t0}
-            record["task_params"] = list(captured)
+            record["task_params"] = [np.asarray(t.as_array()).tolist() for t in algo.last_tasks]
             check_finite(record, it)
             results["records"].append(record)
             write_outputs(run_dir, results)
