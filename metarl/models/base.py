@@ -111,7 +111,7 @@ class Backbone(nn.Module):
     def _sequence(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """A sequence, x (B, T, D) -> y (B, T, O). Default: loop ``_step`` over time."""
         ys = []
-        for t in range(x.shape[1]):
-            y, state = self._step(x[:, t], state)
+        for x_t in x.unbind(dim=1):  # not x[:, t]: each slice's backward would fill a full-size zero tensor
+            y, state = self._step(x_t, state)
             ys.append(y)
         return torch.stack(ys, dim=1), state

@@ -69,8 +69,8 @@ class LSTMBackbone(_RNNBackbone):
         gx = self._input_gates(x)  # (B, T, 4H)
         h, c = state["h"], state["c"]
         hs = []
-        for t in range(x.shape[1]):
-            h, c = self._cell(gx[:, t], h, c)
+        for gx_t in gx.unbind(dim=1):  # not gx[:, t]: each slice's backward fills a full (B, T, 4H) zero
+            h, c = self._cell(gx_t, h, c)
             hs.append(h)
         return self.head(torch.stack(hs, dim=1)), {"h": h, "c": c}
 
@@ -104,8 +104,8 @@ class GRUBackbone(_RNNBackbone):
             return self.head(hs), h.squeeze(0)
         gx = self._input_gates(x)  # (B, T, 3H)
         hs = []
-        for t in range(x.shape[1]):
-            h = self._cell(gx[:, t], h)
+        for gx_t in gx.unbind(dim=1):
+            h = self._cell(gx_t, h)
             hs.append(h)
         return self.head(torch.stack(hs, dim=1)), h
 

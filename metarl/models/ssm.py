@@ -63,8 +63,8 @@ class StateSpaceModel(Backbone):
     def _sequence(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         drive = self.input_to_state(x)  # (B, T, S): W_in x_t for every t at once
         hs = []
-        for t in range(x.shape[1]):
-            h = self.state_transition(h) + drive[:, t]  # (B, S)
+        for drive_t in drive.unbind(dim=1):  # not drive[:, t]: each slice's backward fills a full (B, T, S) zero
+            h = self.state_transition(h) + drive_t  # (B, S)
             hs.append(h)
         states = torch.stack(hs, dim=1)  # (B, T, S)
         return self.state_to_output(states) + self.input_to_output(x), h
