@@ -17,8 +17,8 @@ or another ``--out``.
 Results to expect (measured 2026-11-25 on the 2-core dev VM WHILE other jobs shared it, load average 8-10, this
 job got 58% of one core): 10 iterations in 8 min 59 s wall (build + Ray start ~10 s); 18-92 s per iteration,
 of which the meta-update (second-order through the GRU over 100 steps) is 79% and sampling 21%; 35-176 env
-steps/s end to end. On an idle 2-core machine expect roughly 2-3 min (the first, least contended, iteration took
-18 s). Per iteration the progress line prints the mean return before (θ) and after one inner step (θ_1), e.g. the
+steps/s end to end. With only one other job on the machine (2026-11-26, `make run` from a clean clone): 3.0-3.3 s
+per iteration, so the default run takes about 45 s plus the install. Per iteration the progress line prints the mean return before (θ) and after one inner step (θ_1), e.g. the
 last two: before -39.6 / after -17.3 and before -31.6 / after -11.3; over the 10 iterations the gain after - before
 averaged +5.6 but swung from -6.4 to +22.3 from one iteration to the next. What 10 minutes cannot show: learning.
 With 4 tasks x 4 episodes per iteration the returns are noise-dominated (std over tasks ~10), and MAML on
