@@ -80,7 +80,7 @@ def save_checkpoint(
     ``before_rename(tmp_path)`` runs after the state is written and before anything becomes visible (tests use it
     to simulate a crash mid-save).
     """
-    ckpt_dir = Path(run_dir) / CHECKPOINTS
+    ckpt_dir = Path(run_dir).resolve() / CHECKPOINTS  # absolute: RLlib reads a relative path as a URI
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(iteration)
     tmp = ckpt_dir / f".tmp-{name}-{os.getpid()}"

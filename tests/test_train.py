@@ -62,8 +62,9 @@ def assert_same_run(got: list[dict], want: list[dict]) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_resume_to_larger_total_equals_uninterrupted_run(tmp_path, reference):
-    out = tmp_path / "run"
+def test_resume_to_larger_total_equals_uninterrupted_run(tmp_path, reference, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a RELATIVE --out, as `make run`'s default runs/mujoco
+    out = pathlib.Path("run")
     lines = []
     s2 = training.run(tiny_args(out, 2), echo=lines.append)
     assert s2["completed"] == 2 and latest_name(out) == "checkpoint_000002"
