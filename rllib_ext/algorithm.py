@@ -175,6 +175,7 @@ class MAML(Algorithm):
         seed = self.config.task_seed if self.config.task_seed is not None else (self.config.seed or 0)
         self._task_rng = np.random.default_rng(seed)
         self.last_tasks: list = []
+        self._retried_tasks = 0  # tasks re-run after a runner failure (lifetime of this Algorithm object)
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
 
     # --- one meta-iteration --------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class MAML(Algorithm):
                 for r in group.local_env_runner.run_tasks(todo):
                     done[r["task_index"]] = r
             else:
-                if attempt > 0:
+                if attempt > 0 or not group.healthy_env_runner_ids():
                     self._wait_for_runners()
                 ids = group.healthy_env_runner_ids()
                 shares = [todo[i :: len(ids)] for i in range(len(ids))]
@@ -222,7 +223,7 @@ class MAML(Algorithm):
                 "MAML: %d task(s) %s lost with a failed EnvRunner; retrying (%d/%d)",
                 len(todo), [j.task_index for j in todo], attempt + 1, self.config.max_task_retries,
             )
-            self._retried_tasks = getattr(self, "_retried_tasks", 0) + len(todo)
+            self._retried_tasks += len(todo)
         raise RuntimeError(
             f"MAML: tasks {[j.task_index for j in todo]} of iteration {jobs[0].iteration} could not be sampled after "
             f"{self.config.max_task_retries} retries"
@@ -246,6 +247,8 @@ class MAML(Algorithm):
         group = self.learner_group
         if group.is_local:
             return group._learner.meta_update(results, num_tasks_total=n)
+        # one shard per Learner (by task); LearnerGroup.foreach_learner sends the SAME function to all of them,
+        # so the per-actor call goes through its actor manager
         k = len(group)
         shards = [results[i * n // k : (i + 1) * n // k] for i in range(k)]
         refs = group._worker_manager.foreach_actor(
@@ -277,7 +280,7 @@ class MAML(Algorithm):
         m.log_value(("time", "runner_sampling_s"), float(sum(r["time_sample_s"] for r in results)), window=1)
         m.log_value(("time", "runner_adapting_s"), float(sum(r["time_adapt_s"] for r in results)), window=1)
         m.log_value(("time", "meta_update_s"), t_update, window=1)
-        m.log_value(("tasks", "retried_lifetime"), getattr(self, "_retried_tasks", 0), window=1)
+        m.log_value(("tasks", "retried_lifetime"), self._retried_tasks, window=1)
 
     # --- checkpoint: the task sampler's random state travels with the Algorithm --------------------------------
     def get_state(self, *args, **kwargs):
