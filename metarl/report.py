@@ -9,7 +9,9 @@ JSON result per line). Per (task, backbone, method) cell, over its seeds, at eac
     env steps, wall time      env_steps/lifetime, time_total_s
     parameters                model/num_params (the whole policy module; backbones matched by metarl sweep)
 
-each written as ``mean ± std`` (std over seeds, ddof=1; 0 with one seed). Plots: ``learning_<task>.png``
+each written as ``mean ± std`` (std over seeds, ddof=1; 0 with one seed). With ``--evaluate K`` each trial's last
+checkpoint is also adapted on held-out test tasks (``metarl.evaluate``: K inner steps, the multi-task baseline
+included, which training never adapts) and a second table reports those returns. Plots: ``learning_<task>.png``
 (adapt/return_post per iteration, one line per backbone/method, band = ±1 std over seeds) and
 ``adaptation_<task>.png`` (final return vs number of inner steps k). No Ray import; matplotlib with Agg.
 """
@@ -218,8 +220,52 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_report(exp_dir: str | Path) -> Path:
-    """Write ``exp_dir/report.md`` and ``exp_dir/plots/*.png``; returns the report path."""
+def evaluate_trials(exp_dir: Path, trials: list[Trial], *, adapt_steps: int, num_tasks: int,
+                    episodes: int) -> list[dict]:
+    """Held-out evaluation of each trial's last checkpoint; cells like ``summarize`` (return_step_k over seeds)."""
+    from metarl.evaluate import evaluate
+
+    per_trial: dict[str, list[float]] = {}
+    for t in trials:
+        ckpts = sorted((exp_dir / t.name).glob("checkpoint_*"))
+        if not ckpts:
+            logger.warning("report: %s has no checkpoint; not evaluated", t.name)
+            continue
+        res = evaluate(ckpts[-1], adapt_steps=adapt_steps, episodes=episodes, num_tasks=num_tasks, seed=0)
+        per_trial[t.name] = [s["return_mean"] for s in res["steps"]]
+    groups: dict[tuple, list[list[float]]] = defaultdict(list)
+    for t in trials:
+        if t.name in per_trial:
+            groups[t.key].append(per_trial[t.name])
+    cells = []
+    for (task, backbone, method), rets in sorted(groups.items()):
+        cell = {"task": task, "backbone": backbone, "method": method, "seeds": len(rets),
+                "steps": list(range(adapt_steps + 1))}
+        for k in range(adapt_steps + 1):
+            cell[f"return_step_{k}"] = _mean_std([r[k] for r in rets])
+        cell["gain"] = _mean_std([r[-1] - r[0] for r in rets])
+        cells.append(cell)
+    return cells
+
+
+def evaluation_table(cells: list[dict]) -> str:
+    k_max = max(c["steps"][-1] for c in cells)
+    head = ["task", "backbone", "method", "seeds", "return before (θ)",
+            *[f"after {k} step{'s' * (k > 1)}" for k in range(1, k_max + 1)], "gain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        lines.append("| " + " | ".join([c["task"], c["backbone"], c["method"], str(c["seeds"]),
+                                         *[_fmt(c[f"return_step_{k}"], 2) for k in range(k_max + 1)],
+                                         _fmt(c["gain"], 2)]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: int = 10,
+                 eval_episodes: int = 10) -> Path:
+    """Write ``exp_dir/report.md`` and ``exp_dir/plots/*.png``; returns the report path.
+
+    ``evaluate_steps`` > 0 adds the held-out evaluation of every trial's last checkpoint (``evaluate_trials``).
+    """
     exp_dir = Path(exp_dir)
     trials = load_trials(exp_dir)
     cells = summarize(trials)
@@ -228,6 +274,15 @@ def write_report(exp_dir: str | Path) -> Path:
              f"{len(trials)} trials. Values at each trial's last iteration, mean ± std over seeds. "
              "`return before` uses θ, `after k steps` θ_k; `gain` = last step − before; params = the whole policy "
              "module (`model/num_params`).", "", markdown_table(cells), ""]
+    if evaluate_steps > 0:
+        ev = evaluate_trials(exp_dir, trials, adapt_steps=evaluate_steps, num_tasks=eval_tasks,
+                             episodes=eval_episodes)
+        if ev:
+            parts += ["## Held-out evaluation", "",
+                      f"Each trial's last checkpoint adapted on {eval_tasks} held-out test tasks (`test_tasks`, "
+                      f"seed 1) with {eval_episodes} episodes per step and the trial's inner lr, the multi-task "
+                      "baseline the same way (`metarl evaluate`). Mean over tasks per seed, then mean ± std over "
+                      "seeds.", "", evaluation_table(ev), ""]
     sweep_json = exp_dir / "sweep.json"
     if sweep_json.exists():
         widths = json.loads(sweep_json.read_text(encoding="utf-8")).get("matched_widths") or {}
@@ -245,12 +300,17 @@ def write_report(exp_dir: str | Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("dir", help="the Tune experiment folder (<storage>/<name> of metarl sweep)")
+    parser.add_argument("--evaluate", type=int, default=0, metavar="K",
+                        help="also adapt each trial's last checkpoint K inner steps on held-out tasks (0: off)")
+    parser.add_argument("--eval-tasks", type=int, default=10, help="held-out test tasks per trial (with --evaluate)")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per inner step (with --evaluate)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        out = write_report(args.dir)
+        out = write_report(args.dir, evaluate_steps=getattr(args, "evaluate", 0),
+                           eval_tasks=getattr(args, "eval_tasks", 10), eval_episodes=getattr(args, "eval_episodes", 10))
     except ValueError as e:
         print(f"metarl report: error: {e}", file=sys.stderr)
         return 2

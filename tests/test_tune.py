@@ -216,6 +216,20 @@ def test_smoke_sweep_then_report(ray_session, tmp_path, capsys):
     assert {p.name for p in pngs} == {f"learning_{NAV}.png", f"adaptation_{NAV}.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
+    # --evaluate: every trial (the multitask baseline too) adapted on held-out tasks; numbers = metarl evaluate's
+    from metarl.evaluate import evaluate
+
+    report.write_report(exp, evaluate_steps=1, eval_tasks=2, eval_episodes=2)
+    md = (exp / "report.md").read_text()
+    assert "## Held-out evaluation" in md
+    for m, d in dirs.items():
+        want = [s["return_mean"] for s in evaluate(max(d.glob("checkpoint_*")), adapt_steps=1, episodes=2,
+                                                    num_tasks=2, seed=0)["steps"]]
+        section = md.split("## Held-out evaluation")[1]
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {NAV} | gru | {m} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4] == f"{want[0]:.2f} ± 0.00" and cells[5] == f"{want[1]:.2f} ± 0.00"
+
 
 def test_report_rejects_a_folder_without_trials(tmp_path, capsys):
     from metarl import report
