@@ -94,11 +94,12 @@ class MAMLLearner(TorchLearner):
         for step in range(cfg.outer_steps):
             optim.zero_grad(set_to_none=False)
             loss, max_dlogp = self.meta_gradient(task_results, num_tasks_total=num_tasks_total)
-            grads = [p.grad for p in params]
             if dist.is_available() and dist.is_initialized():
-                for g in grads:
-                    dist.all_reduce(g, op=dist.ReduceOp.SUM)
-                loss_t = torch.tensor([loss * len(task_results)], dtype=torch.float64)
+                for p in params:  # every Learner reduces the same list of tensors, used or not
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                loss_t = torch.tensor([loss * len(task_results)], dtype=torch.float64, device=p0.device)  # NCCL: CUDA
                 dist.all_reduce(loss_t)
                 loss = float(loss_t) / num_tasks_total
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf)
