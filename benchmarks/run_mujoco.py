@@ -7,25 +7,28 @@ How to run::
     .venv/bin/python benchmarks/run_mujoco.py --out runs/hc --iterations 40 --resume   # 40 in TOTAL
     make run RUN_ARGS="--task ant-dir --backbone ssm --iterations 100 --num-env-runners 4 --out runs/ant"
 
-Defaults: halfcheetah-dir (the two-direction task, horizon 100), GRU width 32, meta-batch 4 tasks x 4 episodes
-(4 sub-envs, one EnvRunner = the driver), one inner VPG step (α 0.1), second-order meta-gradient, 5 Adam steps,
-10 iterations = 32,000 env steps, checkpoints at 5 and 10. Outputs in ``--out`` (default ``runs/mujoco``):
+Defaults: halfcheetah-dir (the two-direction task, horizon 100), an MLP policy of width 64 (``--backbone gru|lstm|
+ssm|lru|transformer`` for the sequence models: slower per iteration, see BENCHMARKS.md), meta-batch 20 tasks x 10
+episodes (10 sub-envs, sampled in the driver), one inner VPG step (α 0.1), second-order meta-gradient, 5 Adam
+steps, 60 iterations = 2.4 M env steps, checkpoints every 20. Outputs in ``--out`` (default ``runs/mujoco``):
 results.json, progress.csv, tb/, adaptation.png, checkpoints/ (see ``rllib_ext/training.py`` for the glossary).
 A second ``make run`` into the same folder stops with an error: pass ``--resume`` (with a larger ``--iterations``)
 or another ``--out``.
 
-Results to expect (measured 2026-11-25 on the 2-core dev VM WHILE other jobs shared it, load average 8-10, this
-job got 58% of one core): 10 iterations in 8 min 59 s wall (build + Ray start ~10 s); 18-92 s per iteration,
-of which the meta-update (second-order through the GRU over 100 steps) is 79% and sampling 21%; 35-176 env
-steps/s end to end. With only one other job on the machine (2026-11-26, `make run` from a clean clone): 3.0-3.3 s
-per iteration, so the default run takes about 45 s plus the install. Per iteration the progress line prints the mean return before (θ) and after one inner step (θ_1), e.g. the
-last two: before -39.6 / after -17.3 and before -31.6 / after -11.3; over the 10 iterations the gain after - before
-averaged +5.6 but swung from -6.4 to +22.3 from one iteration to the next. What 10 minutes cannot show: learning.
-With 4 tasks x 4 episodes per iteration the returns are noise-dominated (std over tasks ~10), and MAML on
-HalfCheetah needs hundreds of iterations of 40 tasks x 20 episodes (Finn et al. 2017) to separate the adapted from
-the unadapted policy. ``metarl evaluate --checkpoint runs/mujoco --adapt-steps 1 --episodes 4 --num-tasks 4`` on
-that checkpoint (20 s) printed -19.2 ± 7.2 before and -16.7 ± 2.0 after one step: within noise. This run checks
-the pipeline (sampling, adaptation, meta-gradient, checkpoints, resume), not the method's benefit.
+Results to expect (measured 2026-11-26 on the 2-core dev VM while the test suite ran on the same cores): 5 min 46 s
+wall, 3.3-4.1 s per iteration (~11,000 env steps/s sampling), 610 MB peak memory. Mean return over the meta-batch,
+before adaptation (θ) and after one inner step (θ_1), averaged over 10 iterations:
+
+    iterations  1-10: before -15.7, after -14.2      iterations 41-50: before -17.5, after 10.2
+    iterations 21-30: before -16.2, after  -9.3      iterations 51-60: before -16.6, after 19.2
+
+``metarl evaluate --checkpoint runs/mujoco --adapt-steps 1 --episodes 10 --num-tasks 4`` then printed -18.3 ± 16.7
+before and 15.3 ± 15.1 after one step (sem over the 4 held-out tasks). So 10 minutes shows adaptation starting to
+work: θ itself stays near -17 while one gradient step on 10 episodes turns it towards the task's direction. What
+10 minutes cannot show: the level the literature reports (≈ 260 after one step with 24-211 M env steps; this run
+has 2.4 M), nor recurrent or state-space policies learning (their second-order meta-update through 100-step
+episodes makes each iteration 2-5x slower). BENCHMARKS.md has a 12 M-step run of the same command (300 iterations,
+after-adaptation ≈ 90 on the meta-batch, 114 on held-out tasks).
 
 How to debug in-process: ``--num-env-runners 0 --num-learners 0`` (the defaults) runs sampling, the inner
 step and the meta-update in this process, so ``breakpoint()`` in ``rllib_ext/runner.py`` (``run_task``) or
