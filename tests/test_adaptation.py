@@ -11,13 +11,7 @@ from torch import nn
 
 from metarl.adaptation import AdaptationConfig, Adapter
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 class TinyGRU(nn.Module):

@@ -6,12 +6,12 @@ One Ray session for the module (``ray_session``); every Algorithm is stopped by 
 from __future__ import annotations
 
 import os
-import pathlib
 
 import numpy as np
 import pytest
 import ray
 import torch
+from conftest import init_ray_with_tests_on_path
 
 from metarl import models
 from metarl.rl import advantages, clipped_surrogate_loss, vpg_loss
@@ -22,14 +22,7 @@ from rllib_ext.runner import MAMLEnvRunner, TaskJob
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    # workers import CrashOnceRunner from this file: put tests/ on their path
-    tests_dir = str(pathlib.Path(__file__).parent)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}},
-    )
+    init_ray_with_tests_on_path()  # workers import the crashing subclass below from this file
     yield
     ray.shutdown()
 

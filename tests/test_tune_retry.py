@@ -11,6 +11,7 @@ import pathlib
 
 import pytest
 import ray
+from conftest import init_ray_with_tests_on_path
 
 from tune_configs.baselines import SIZES, matched_widths, param_space, with_size
 from tune_configs.callbacks import ModelSizeCallback
@@ -36,13 +37,7 @@ class CrashOnceCallback(ModelSizeCallback):
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    tests_dir = str(pathlib.Path(__file__).parent)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}},
-    )
+    init_ray_with_tests_on_path()  # workers import the crashing subclass below from this file
     yield
     ray.shutdown()
 

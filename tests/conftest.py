@@ -1,0 +1,31 @@
+"""Shared test helpers: float64 default dtype, and a Ray session whose workers can import classes from tests/."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def float64():
+    """Run a test with torch's default dtype set to float64 (oracle comparisons at ~1e-10)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def init_ray_with_tests_on_path() -> None:
+    """``ray.init`` for one test module; Ray workers get tests/ on PYTHONPATH to import test-only subclasses."""
+    import ray
+
+    tests_dir = str(pathlib.Path(__file__).parent)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}},
+    )
