@@ -155,11 +155,14 @@ def adapt_policy(
     """θ_{k+1} = θ_k - α ∇ L_inner(θ_k; support[k]) for k = 0..len(support)-1; returns (θ_K, inner losses).
 
     With ``first_order=False`` θ_K stays differentiable w.r.t. ``params`` to second order (the Learner's path);
-    the EnvRunner calls it the same way and detaches.
+    the EnvRunner calls it the same way and detaches. A batch may carry its ``"advantages"`` (they do not depend on
+    θ); otherwise they are computed here.
     """
     losses = []
     for batch in support:
-        adv = advantages(batch, gamma=gamma, normalize=normalize_advantages)
+        adv = batch.get("advantages")  # precomputed by a caller that adapts on the same episodes repeatedly
+        if adv is None:
+            adv = advantages(batch, gamma=gamma, normalize=normalize_advantages)
         loss = vpg_loss(log_prob_fn(params, batch["obs"], batch["actions"]), adv, batch["mask"])
         losses.append(float(loss.detach()))
         params = maml.inner_step(loss, params, lr=lr, first_order=first_order)

@@ -62,7 +62,7 @@ class MAMLLearner(TorchLearner):
         fn = lambda p, o, a: functional_log_prob(module, p, o, a)  # noqa: E731
         total, max_dlogp = 0.0, 0.0
         for res in task_results:
-            support = [b.tensors(p0.dtype, p0.device) for b in res["support"]]
+            support = res.get("_support_t") or [b.tensors(p0.dtype, p0.device) for b in res["support"]]
             query = res["_query_t"] if "_query_t" in res else res["query"].tensors(p0.dtype, p0.device)
             adapted, _ = adapt_policy(
                 fn,
@@ -85,9 +85,14 @@ class MAMLLearner(TorchLearner):
         cfg = self.config
         module = self.policy
         p0 = next(module.parameters())
-        for res in task_results:  # query tensors and advantages do not change across outer steps
+        norm = cfg.normalize_advantages
+        for res in task_results:  # episode tensors and their advantages do not change across outer steps
+            res["_support_t"] = []
+            for b in res["support"]:
+                t = b.tensors(p0.dtype, p0.device)
+                res["_support_t"].append({**t, "advantages": advantages(t, gamma=cfg.gamma, normalize=norm)})
             res["_query_t"] = res["query"].tensors(p0.dtype, p0.device)
-            res["_adv"] = advantages(res["_query_t"], gamma=cfg.gamma, normalize=cfg.normalize_advantages)
+            res["_adv"] = advantages(res["_query_t"], gamma=cfg.gamma, normalize=norm)
         optim = self.get_optimizer(DEFAULT_MODULE_ID)
         params = list(module.parameters())
         metrics = {}
@@ -113,6 +118,6 @@ class MAMLLearner(TorchLearner):
                 metrics = {"outer_loss": loss, "grad_norm": float(norm), "logp_mismatch": max_dlogp}
         metrics["outer_loss_last"] = loss
         for res in task_results:
-            res.pop("_query_t", None)
-            res.pop("_adv", None)
+            for key in ("_support_t", "_query_t", "_adv"):
+                res.pop(key, None)
         return metrics
