@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -150,13 +149,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()  # inside `ray job submit`: join the cluster
-        else:
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-        started = True
+    from rllib_ext.training import start_or_join_ray
+
+    started = start_or_join_ray(args.num_cpus)
     try:
         grid = run_sweep(p, resume=args.resume)
     except ValueError as e:

@@ -104,8 +104,6 @@ def config_from_args(args: argparse.Namespace):
     config = (
         MAMLConfig()
         .meta(**meta)
-        # the EnvRunners' envs are built from env_config: the horizon must reach them too
-        .environment(env_config=dict(task_options))
         .env_runners(num_env_runners=args.num_env_runners, num_envs_per_env_runner=args.num_envs_per_runner)
         .learners(num_learners=args.num_learners, num_gpus_per_learner=args.num_gpus_per_learner)
         .debugging(seed=args.seed)
@@ -301,18 +299,25 @@ def progress_line(record: dict, *, total: int, eta_s: float) -> str:
 
 
 # --- the loop -----------------------------------------------------------------------------------------------------
-def _init_ray(args) -> bool:
-    """Start or join Ray unless it runs already; True when this call started it (and must shut it down)."""
+def start_or_join_ray(num_cpus: int | None) -> bool:
+    """Use a running Ray as is; join the cluster of ``RAY_ADDRESS`` bare (inside ``ray job submit``, where passing
+    resources raises); else start an embedded Ray with ``num_cpus``. True when this call started it (and must shut
+    it down). Shared by ``metarl train`` / ``run_mujoco.py`` and ``metarl sweep``."""
     import ray
 
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()  # inside `ray job submit`: join the cluster; passing resources raises there
+        ray.init()
     else:
-        need = 1 + args.num_env_runners + args.num_learners
-        ray.init(num_cpus=max(args.num_cpus or os.cpu_count() or 1, need), include_dashboard=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
     return True
+
+
+def _init_ray(args) -> bool:
+    """``start_or_join_ray`` with at least one CPU for the driver and each EnvRunner and Learner."""
+    need = 1 + args.num_env_runners + args.num_learners
+    return start_or_join_ray(max(args.num_cpus or os.cpu_count() or 1, need))
 
 
 def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dict:
