@@ -63,7 +63,6 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
     if inner_lr is not None:
         cfg.meta(inner_lr=inner_lr)
     cfg.env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs)
-    cfg.env_config = dict(cfg.task_options)
     test_tasks = tasks.make(cfg.task, **cfg.task_options).unwrapped.test_tasks(num_tasks, seed=test_seed)
 
     runner = MAMLEnvRunner(config=cfg)

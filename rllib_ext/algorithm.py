@@ -38,7 +38,7 @@ def gym_env_id(task: str) -> str:
 #: the fields `.meta()` sets, with their defaults (old RLlib MAML / ProMP defaults)
 META_DEFAULTS = dict(
     task="navigation-2d",  # CLI task name (metarl.tasks.names())
-    task_options={},  # kwargs for the task env, e.g. {"max_episode_steps": 100}
+    task_options={},  # kwargs for the task env, e.g. {"max_episode_steps": 100}; they become env_config
     backbone="gru",  # metarl.models name; a top-level field so Tune can grid-search it
     width=64,  # backbone width
     backbone_kwargs={},

@@ -156,7 +156,6 @@ def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
         .meta(meta_batch_size=size.meta_batch_size, episodes_per_task=size.episodes_per_task,
               outer_steps=size.outer_steps, inner_steps=size.inner_steps, task_options=task_options,
               **size.meta_overrides)
-        .environment(env_config=dict(task_options))
         .env_runners(num_env_runners=size.num_env_runners, num_envs_per_env_runner=size.num_envs_per_env_runner,
                      num_cpus_per_env_runner=size.num_cpus_per_env_runner)
         .learners(num_learners=size.num_learners,
