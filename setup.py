@@ -18,7 +18,8 @@ setup(
         "torch>=2.4,<3",
         "ray[default,rllib,tune]>=2.60,<2.61",
         "gymnasium[mujoco]>=1.2.2,<1.3",
-        "mujoco>=3.2,<5",
+        "mujoco>=3.3,<3.4",  # metaworld 3.1.1 pins 3.3.0
+        "metaworld>=3.1.1,<3.2",
         "numpy>=1.26,<3",
         "matplotlib>=3.8,<4",
     ],

@@ -45,7 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rllib_ext.training import add_arguments, run  # noqa: E402
+from metarl.apps.flags import add_arguments  # noqa: E402
+from metarl.apps.run_loop import run  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,6 @@ _EXPORTS = {
     "MetaMAML": "metarl.maml",
     "AdaptationConfig": "metarl.adaptation",
     "Adapter": "metarl.adaptation",
-    "load_policy": "metarl.policy",
 }
 
 __all__ = sorted(_EXPORTS)

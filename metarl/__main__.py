@@ -1,7 +1,7 @@
-"""`python -m metarl <command>` == the `metarl` console script."""
+"""`python -m metarl <command>` == the `metarl` console script (application layer; see ``metarl.apps.cli``)."""
 
 import sys
 
-from metarl.cli import main
+from metarl.apps.cli import main
 
 sys.exit(main())

@@ -157,7 +157,7 @@ def load_config(ckpt: str | os.PathLike):
     """The ``MAMLConfig`` a checkpoint was written with (unpickles RLlib classes: imports Ray, no ``ray.init``)."""
     import pickle
 
-    from rllib_ext.algorithm import MAMLConfig
+    from rllib_ext.config import MAMLConfig
 
     ckpt = resolve_checkpoint(ckpt)
     try:

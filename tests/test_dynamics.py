@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metarl.cli import main
+from metarl.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-epochs", "20", "--num-train-tasks", "10", "--num-test-tasks", "5", "--trajectories-per-task", "4",

@@ -1,4 +1,4 @@
-"""`metarl evaluate` and `metarl.load_policy` on a tiny checkpoint: per-step table, act, adapt (against a
+"""`metarl evaluate` and `rllib_ext.policy.load_policy` on a tiny checkpoint: per-step table, act, adapt (against a
 hand-written gradient step), bad checkpoints. Ray is only needed to train the checkpoint (one session per module).
 """
 
@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 
-import metarl
+from rllib_ext.policy import load_policy
 from metarl import tasks
 from metarl.rl import adapt_policy, advantages, vpg_loss
 from rllib_ext import training
@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.mark.timeout(180)
 def test_evaluate_steps_are_consistent_across_adapt_steps(run_dir):
-    from metarl.evaluate import evaluate
+    from metarl.apps.evaluate import evaluate
 
     two = evaluate(run_dir, adapt_steps=2, episodes=2, num_tasks=2)
     zero = evaluate(run_dir / "checkpoints" / "checkpoint_000001", adapt_steps=0, episodes=2, num_tasks=2)
@@ -60,7 +60,7 @@ def test_evaluate_steps_are_consistent_across_adapt_steps(run_dir):
 
 @pytest.mark.timeout(180)
 def test_metarl_evaluate_cli_prints_table_and_writes_json(run_dir, tmp_path, capsys):
-    from metarl import cli
+    from metarl.apps import cli
 
     out = tmp_path / "eval.json"
     rc = cli.main(["evaluate", "--checkpoint", str(run_dir), "--adapt-steps", "1", "--episodes", "2",
@@ -77,7 +77,7 @@ def test_metarl_evaluate_cli_prints_table_and_writes_json(run_dir, tmp_path, cap
 
 @pytest.mark.timeout(120)
 def test_load_policy_acts_and_adapts_like_a_hand_written_inner_step(run_dir):
-    policy = metarl.load_policy(run_dir)
+    policy = load_policy(run_dir)
     env = tasks.make("navigation-2d", max_episode_steps=10)
     env.unwrapped.task = env.unwrapped.test_tasks(1)[0]
     obs, _ = env.reset(seed=0)
@@ -119,21 +119,21 @@ def test_load_policy_acts_and_adapts_like_a_hand_written_inner_step(run_dir):
 
 
 def test_bad_checkpoints_give_clear_errors(run_dir, tmp_path):
-    from metarl.evaluate import evaluate
+    from metarl.apps.evaluate import evaluate
 
     with pytest.raises(ValueError, match="does not exist"):
-        metarl.load_policy(tmp_path / "nope")
+        load_policy(tmp_path / "nope")
     with pytest.raises(ValueError, match="does not exist"):
         evaluate(tmp_path / "nope", adapt_steps=1, episodes=2, num_tasks=1)
     broken = tmp_path / "broken"
     shutil.copytree(run_dir / "checkpoints" / "checkpoint_000001", broken)
     (broken / "algorithm_state.pkl").unlink()
     with pytest.raises(ValueError, match=r"incomplete or corrupt: missing \['algorithm_state.pkl'\]"):
-        metarl.load_policy(broken)
+        load_policy(broken)
     garbage = tmp_path / "garbage"
     shutil.copytree(run_dir / "checkpoints" / "checkpoint_000001", garbage)
     (garbage / "learner_group/learner/rl_module/default_policy/module_state.pkl").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="cannot load the policy module"):
-        metarl.load_policy(garbage)
+        load_policy(garbage)
     with pytest.raises(ValueError, match="episodes = 0 must be an integer >= 1"):
         evaluate(run_dir, adapt_steps=1, episodes=0, num_tasks=1)

@@ -63,7 +63,7 @@ def test_maml_beats_pre_adaptation_and_the_multitask_baseline(seed, tmp_path):
 
     Margins: MAML post - MAML pre > 8 (calibrated min 13.0) and MAML post - baseline post > 5 (calibrated min 9.2).
     """
-    from metarl.evaluate import evaluate
+    from metarl.apps.evaluate import evaluate
 
     out = {}
     for name, k in (("maml", 1), ("multitask", 0)):

@@ -24,7 +24,7 @@ def _python(code: str, timeout: int = 240) -> subprocess.CompletedProcess:
 def test_core_imports_leave_ray_out():
     proc = _python("""
         import sys
-        import metarl, metarl.models, metarl.maml, metarl.adaptation, metarl.tasks, metarl.dynamics, metarl.cli
+        import metarl, metarl.models, metarl.maml, metarl.adaptation, metarl.tasks, metarl.apps.dynamics, metarl.cli
         from metarl import StateSpaceModel, MetaMAML, Adapter, AdaptationConfig
         print(sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
     """)

@@ -146,7 +146,7 @@ def test_check_finite_table():
 
 @pytest.mark.timeout(240)
 def test_metarl_train_main_in_process_to_file_uri(tmp_path, capsys):
-    from metarl import cli, train
+    from metarl.apps import cli, train
 
     remote = tmp_path / "bucket" / "run"
     uri = f"file://{remote}"
@@ -170,7 +170,7 @@ def _run_mujoco():
 
 
 def test_flags_of_metarl_train_and_run_mujoco_match():
-    from metarl import cli
+    from metarl.apps import cli
 
     def options(parser):
         return {tuple(a.option_strings): (a.default, a.type, a.nargs) for a in parser._actions if a.option_strings}

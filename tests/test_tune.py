@@ -117,7 +117,7 @@ def test_check_axes_rejects_bad_axes(kwargs, pattern):
 def test_sweep_cli_fails_before_ray_starts(argv, pattern, tmp_path, monkeypatch, capsys):
     import ray
 
-    from metarl.cli import main
+    from metarl.apps.cli import main
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -168,8 +168,9 @@ def _is_number(v: str) -> bool:
 
 
 def test_smoke_sweep_then_report(ray_session, tmp_path, capsys):
-    from metarl import report
-    from metarl.sweep import add_arguments, plan, run_sweep
+    from metarl.apps.sweep import add_arguments, plan, run_sweep
+
+    from metarl.apps import report
 
     args = add_arguments(argparse.ArgumentParser()).parse_args(
         ["--backbones", "gru", "--tasks", NAV, "--methods", "maml,multitask", "--seeds", "1", "--smoke",
@@ -217,7 +218,7 @@ def test_smoke_sweep_then_report(ray_session, tmp_path, capsys):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
     # --evaluate: every trial (the multitask baseline too) adapted on held-out tasks; numbers = metarl evaluate's
-    from metarl.evaluate import evaluate
+    from metarl.apps.evaluate import evaluate
 
     report.write_report(exp, evaluate_steps=1, eval_tasks=2, eval_episodes=2)
     md = (exp / "report.md").read_text()
@@ -232,7 +233,7 @@ def test_smoke_sweep_then_report(ray_session, tmp_path, capsys):
 
 
 def test_report_rejects_a_folder_without_trials(tmp_path, capsys):
-    from metarl import report
+    from metarl.apps import report
 
     assert report.main(argparse.Namespace(dir=str(tmp_path))) == 2
     assert "no trial folders" in capsys.readouterr().err

@@ -145,7 +145,7 @@ def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
 
     ``gpus_per_trial`` is the trial's total: the local Learner gets all of it, N remote Learners X/N each.
     """
-    from rllib_ext.algorithm import MAMLConfig
+    from rllib_ext.config import MAMLConfig
     from tune_configs.callbacks import ModelSizeCallback
 
     if gpus_per_trial < 0:

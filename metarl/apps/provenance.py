@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 #: distributions whose versions decide the numbers (mujoco 4.0.0 and 3.17.0 are not bit-identical)
-PACKAGES = ("ray", "torch", "gymnasium", "mujoco", "numpy")
+PACKAGES = ("ray", "torch", "gymnasium", "mujoco", "metaworld", "numpy")
 
 
 def versions() -> dict[str, str | None]:

@@ -86,7 +86,7 @@ def run_sweep(p: dict, *, echo=print, resume: bool = False):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from metarl.provenance import json_safe, provenance
+    from metarl.apps.provenance import json_safe, provenance
     from rllib_ext.algorithm import MAML
     from tune_configs.baselines import METRIC, matched_widths, param_space
     from tune_configs.progress import ProgressPrinter
@@ -149,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     import ray
 
-    from rllib_ext.training import start_or_join_ray
+    from metarl.apps.ray_session import start_or_join_ray
 
     started = start_or_join_ray(args.num_cpus)
     try:

@@ -223,7 +223,7 @@ def _save(fig, path: Path) -> Path:
 def evaluate_trials(exp_dir: Path, trials: list[Trial], *, adapt_steps: int, num_tasks: int,
                     episodes: int) -> list[dict]:
     """Held-out evaluation of each trial's last checkpoint; cells like ``summarize`` (return_step_k over seeds)."""
-    from metarl.evaluate import evaluate
+    from metarl.apps.evaluate import evaluate
 
     per_trial: dict[str, list[float]] = {}
     for t in trials:
@@ -319,5 +319,5 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m metarl.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m metarl.apps.report", description=__doc__.splitlines()[0])
     sys.exit(main(add_arguments(parser).parse_args()))

@@ -24,7 +24,7 @@ Sequence backbones (gru, ssm, ...) see each trajectory's support/query part as o
 they can also adapt in context: compare their ``no-adaptation`` row. Families whose task does not change the dynamics (velocity/goal/direction tasks) leave
 nothing to adapt to: the rows then agree up to noise.
 
-Debug in-process: ``from metarl.cli import main; main(["dynamics", "--num-epochs", "1"])``.
+Debug in-process: ``from metarl.apps.cli import main; main(["dynamics", "--num-epochs", "1"])``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from metarl.provenance import json_safe, provenance
+from metarl.apps.provenance import json_safe, provenance
 
 logger = logging.getLogger(__name__)
 

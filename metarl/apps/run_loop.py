@@ -1,0 +1,103 @@
+"""The run loop shared by ``benchmarks/run_mujoco.py`` and ``python -m metarl.train`` (one parser, one loop).
+
+``metarl.apps.flags`` defines the flags and turns them into a ``MAMLConfig``; ``run(args)`` validates everything
+(before Ray starts, ``metarl.apps.run_folder.prepare``), trains to ``--iterations`` TOTAL iterations (also under
+``--resume``) and writes into ``--out``::
+
+    results.json       {"provenance": {...}, "resumes": [...], "records": [one flat dict per iteration]}
+    progress.csv       the scalar columns of the records (glossary: metarl.apps.records)
+    tb/                TensorBoard events (tensorboardX)
+    adaptation.png     mean return before (θ) and after each inner step (θ_k) per iteration
+    checkpoints/checkpoint_<iteration:06d>/, checkpoints/latest   (rllib_ext.checkpoint: crash-safe)
+
+Ray: an already initialised Ray is used as is; with ``RAY_ADDRESS`` set (inside ``ray job submit``) a bare
+``ray.init()`` joins that cluster; otherwise an embedded ``ray.init(num_cpus=..., include_dashboard=False)``.
+No module-level Ray import: ``metarl train --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from metarl.apps.provenance import provenance
+from metarl.apps.ray_session import init_ray_for_run
+from metarl.apps.records import check_finite, flatten, plot_adaptation, progress_line, write_outputs
+from metarl.apps.run_folder import RESULTS, prepare
+from rllib_ext.checkpoint import clean_partial, save_checkpoint
+
+
+def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dict:
+    """Train to ``args.iterations`` total iterations; returns {"out", "completed", "last", "checkpoint", ...}."""
+    plan = prepare(args)
+    config, output, start = plan["config"], plan["output"], plan["start"]
+    run_dir = output.local
+    total = args.iterations
+    seeds = {"seed": args.seed, "task_seed": config.task_seed if config.task_seed is not None else args.seed}
+    prov = provenance(config=config, seeds=seeds, extra={"args": vars(args)})
+    results = plan["results"] or {"provenance": prov, "resumes": [], "records": []}
+    if plan["results"] is not None:
+        dropped = [r["iteration"] for r in results["records"] if r["iteration"] > start]
+        results["records"] = [r for r in results["records"] if r["iteration"] <= start]  # re-run after the checkpoint
+        results["resumes"].append({"from_iteration": start, "dropped_records": dropped, "provenance": prov})
+    if start >= total:
+        echo(f"{args.out}: {start} of {total} iterations already done; nothing to do")
+        output.cleanup()
+        return {"out": args.out, "completed": start, "last": (results["records"] or [None])[-1], "checkpoint": None}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_partial(run_dir)
+
+    started_ray = init_ray_for_run(args)
+    algo = writer = None
+    ckpt = plan["checkpoint"]
+    try:
+        from tensorboardX import SummaryWriter
+
+        algo = config.build_algo()
+        if ckpt is not None:
+            algo.restore_from_path(str(ckpt.resolve()))
+            if algo.iteration != start:
+                raise RuntimeError(f"restored {ckpt} but the Algorithm reports iteration {algo.iteration} != {start}")
+            echo(f"resumed {args.out} from {ckpt.name} (iteration {start}); target {total}")
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
+        t_loop = time.perf_counter()
+        for it in range(start + 1, total + 1):
+            t0 = time.perf_counter()
+            try:
+                result = algo.train()
+            except FloatingPointError as e:
+                raise FloatingPointError(f"iteration {it}: Learner meta-update failed: {e}") from e
+            record = {"iteration": int(algo.iteration), **flatten(result), "wall_s": time.perf_counter() - t0}
+            record["task_params"] = [np.asarray(t.as_array()).tolist() for t in algo.last_tasks]
+            check_finite(record, it)
+            results["records"].append(record)
+            write_outputs(run_dir, results)
+            for key, v in record.items():
+                if isinstance(v, float):
+                    writer.add_scalar(key, v, it)
+            writer.flush()
+            done_here = it - start
+            eta = (time.perf_counter() - t_loop) / done_here * (total - it)
+            echo(progress_line(record, total=total, eta_s=eta))
+            if it % args.checkpoint_every == 0 or it == total:
+                ckpt = save_checkpoint(algo, run_dir, it)
+                plot_adaptation(run_dir, results["records"])
+                output.upload(f"checkpoints/{ckpt.name}", "checkpoints/latest", RESULTS, "progress.csv",
+                              "adaptation.png", "tb")
+        last = results["records"][-1]
+        where = f"{args.out.rstrip('/')}/checkpoints/{ckpt.name}" if output.fs is not None else str(ckpt)
+        return {"out": args.out, "completed": total, "last": last, "checkpoint": where,
+                "env_steps": last.get("env_steps/lifetime"), "records": len(results["records"])}
+    finally:
+        if writer is not None:
+            writer.close()
+        if algo is not None:
+            algo.stop()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        output.cleanup()
