@@ -13,10 +13,10 @@ import pytest
 import ray
 import torch
 
-from rllib_ext.policy import load_policy
 from metarl import tasks
+from metarl.apps import flags, run_loop
 from metarl.rl import adapt_policy, advantages, vpg_loss
-from rllib_ext import training
+from rllib_ext.policy import load_policy
 
 TINY = ["--task", "navigation-2d", "--backbone", "gru", "--width", "16", "--meta-batch-size", "2",
         "--episodes-per-task", "2", "--num-envs-per-runner", "2", "--outer-steps", "1", "--horizon", "10"]
@@ -27,9 +27,9 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        args = training.add_arguments(argparse.ArgumentParser()).parse_args([*TINY, "--out", str(out),
+        args = flags.add_arguments(argparse.ArgumentParser()).parse_args([*TINY, "--out", str(out),
                                                                              "--iterations", "1"])
-        training.run(args, echo=lambda s: None)
+        run_loop.run(args, echo=lambda s: None)
     finally:
         ray.shutdown()
     return out

@@ -1,4 +1,4 @@
-"""The run loop (rllib_ext.training) behind run_mujoco.py and `metarl train`: resume = uninterrupted, crash-safe
+"""The run loop (metarl.apps.run_loop) behind run_mujoco.py and `metarl train`: resume = uninterrupted, crash-safe
 checkpoints, NaN stops, identical flags, clear errors. Tiny budgets (navigation-2d, horizon 10); one Ray per module.
 """
 
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import ray
 
+from metarl.apps import flags, run_loop
+from metarl.apps import ray_session as ray_session_mod
+from metarl.apps import records as records_mod
 from rllib_ext import checkpoint as ckpt_mod
-from rllib_ext import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--task", "navigation-2d", "--backbone", "gru", "--width", "16", "--meta-batch-size", "2",
@@ -32,7 +34,7 @@ def ray_session():
 
 
 def tiny_args(out, iterations: int, *extra: str) -> argparse.Namespace:
-    parser = training.add_arguments(argparse.ArgumentParser())
+    parser = flags.add_arguments(argparse.ArgumentParser())
     return parser.parse_args([*TINY, "--out", str(out), "--iterations", str(iterations), *extra])
 
 
@@ -48,7 +50,7 @@ def latest_name(out) -> str:
 def reference(tmp_path_factory):
     """An uninterrupted 3-iteration run: what every interrupted/resumed run must reproduce."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    training.run(tiny_args(out, 3), echo=lambda s: None)
+    run_loop.run(tiny_args(out, 3), echo=lambda s: None)
     return records(out)
 
 
@@ -66,10 +68,10 @@ def test_resume_to_larger_total_equals_uninterrupted_run(tmp_path, reference, mo
     monkeypatch.chdir(tmp_path)  # a RELATIVE --out, as `make run`'s default runs/mujoco
     out = pathlib.Path("run")
     lines = []
-    s2 = training.run(tiny_args(out, 2), echo=lines.append)
+    s2 = run_loop.run(tiny_args(out, 2), echo=lines.append)
     assert s2["completed"] == 2 and latest_name(out) == "checkpoint_000002"
     assert len(lines) == 2 and "iter    1/2" in lines[0] and "ETA" in lines[0]
-    s3 = training.run(tiny_args(out, 3, "--resume"), echo=lines.append)
+    s3 = run_loop.run(tiny_args(out, 3, "--resume"), echo=lines.append)
     assert s3["completed"] == 3 and latest_name(out) == "checkpoint_000003"
     got = records(out)
     assert_same_run(got, reference)
@@ -86,7 +88,7 @@ def test_resume_to_larger_total_equals_uninterrupted_run(tmp_path, reference, mo
 @pytest.mark.timeout(240)
 def test_crash_mid_checkpoint_keeps_latest_and_resume_recovers(tmp_path, reference, monkeypatch):
     out = tmp_path / "run"
-    training.run(tiny_args(out, 2), echo=lambda s: None)
+    run_loop.run(tiny_args(out, 2), echo=lambda s: None)
 
     class Killed(BaseException):  # not an Exception: nothing may catch and "handle" the simulated kill
         pass
@@ -95,17 +97,17 @@ def test_crash_mid_checkpoint_keeps_latest_and_resume_recovers(tmp_path, referen
         assert (tmp / "algorithm_state.pkl").exists()  # the state is written, not yet visible
         raise Killed
 
-    monkeypatch.setattr(training, "save_checkpoint",
+    monkeypatch.setattr(run_loop, "save_checkpoint",
                         functools.partial(ckpt_mod.save_checkpoint, before_rename=die_before_rename))
     with pytest.raises(Killed):
-        training.run(tiny_args(out, 4, "--resume"), echo=lambda s: None)
+        run_loop.run(tiny_args(out, 4, "--resume"), echo=lambda s: None)
     assert latest_name(out) == "checkpoint_000002"
     assert not (out / "checkpoints" / "checkpoint_000003").exists()
     assert list((out / "checkpoints").glob(".tmp-checkpoint_000003-*")), "the partial write is left behind"
     assert [r["iteration"] for r in records(out)] == [1, 2, 3]  # iteration 3 logged, not checkpointed
 
     monkeypatch.undo()
-    training.run(tiny_args(out, 3, "--resume"), echo=lambda s: None)
+    run_loop.run(tiny_args(out, 3, "--resume"), echo=lambda s: None)
     assert not list((out / "checkpoints").glob(".tmp-*"))
     assert latest_name(out) == "checkpoint_000003"
     res = json.loads((out / "results.json").read_text())
@@ -128,20 +130,20 @@ def test_nan_loss_stops_with_iteration_and_component_and_keeps_checkpoint(tmp_pa
 
     monkeypatch.setattr(MAMLLearner, "meta_update", nan_on_second_call)
     with pytest.raises(FloatingPointError, match=r"iteration 2: meta/outer_loss_last = nan .*Learner meta-update"):
-        training.run(tiny_args(out, 3), echo=lambda s: None)
+        run_loop.run(tiny_args(out, 3), echo=lambda s: None)
     assert latest_name(out) == "checkpoint_000001"
     assert [r["iteration"] for r in records(out)] == [1]
 
 
 def test_check_finite_table():
     ok = {"iteration": 1, "adapt/return_step_0": -3.0, "meta/outer_loss": 0.1, "time/meta_update_s": 2.0}
-    training.check_finite(ok, 1)
+    records_mod.check_finite(ok, 1)
     for key, component in (("adapt/return_step_1", "EnvRunner returns"), ("inner/loss", "EnvRunner inner step"),
                            ("meta/grad_norm", "Learner meta-update")):
         for bad in (math.nan, math.inf):
             with pytest.raises(FloatingPointError, match=f"iteration 7: {key} = .*{component}"):
-                training.check_finite({**ok, key: bad}, 7)
-    training.check_finite({**ok, "time/meta_update_s": math.nan}, 1)  # bookkeeping is not checked
+                records_mod.check_finite({**ok, key: bad}, 7)
+    records_mod.check_finite({**ok, "time/meta_update_s": math.nan}, 1)  # bookkeeping is not checked
 
 
 @pytest.mark.timeout(240)
@@ -185,25 +187,25 @@ def test_flags_of_metarl_train_and_run_mujoco_match():
 def test_bad_input_fails_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=r"task = 'no-such-task'.*navigation-2d"):
-        training.run(tiny_args(out, 1, "--task", "no-such-task"))
+        run_loop.run(tiny_args(out, 1, "--task", "no-such-task"))
     with pytest.raises(ValueError, match=r"backbone = 'nope'.*gru"):
-        training.run(tiny_args(out, 1, "--backbone", "nope"))
+        run_loop.run(tiny_args(out, 1, "--backbone", "nope"))
     with pytest.raises(SystemExit) as e:  # the script: argparse-style error with the message
         _run_mujoco().main([*TINY, "--out", str(out), "--task", "no-such-task"])
     assert e.value.code == 2 and "no-such-task" in capsys.readouterr().err
     assert not out.exists()
 
-    training.run(tiny_args(out, 2), echo=lambda s: None)
+    run_loop.run(tiny_args(out, 2), echo=lambda s: None)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(ValueError, match=r"--iterations = 1 is below the 2 iterations already completed"):
-        training.run(tiny_args(out, 1, "--resume"))
+        run_loop.run(tiny_args(out, 1, "--resume"))
     with pytest.raises(ValueError, match=r"already holds results.json.*--resume"):
-        training.run(tiny_args(out, 5))
+        run_loop.run(tiny_args(out, 5))
     with pytest.raises(ValueError, match=r"different model/task.*width"):
-        training.run(tiny_args(out, 5, "--resume", "--width", "8"))
+        run_loop.run(tiny_args(out, 5, "--resume", "--width", "8"))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # the total reached already: nothing to do, nothing rewritten
-    assert training.run(tiny_args(out, 2, "--resume"), echo=lambda s: None)["completed"] == 2
+    assert run_loop.run(tiny_args(out, 2, "--resume"), echo=lambda s: None)["completed"] == 2
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -225,10 +227,10 @@ def test_init_ray_joins_a_job_cluster_bare_and_leaves_a_running_ray_alone(monkey
     calls = []
     args = tiny_args("unused", 1)
     monkeypatch.setattr(ray, "init", lambda *a, **kw: calls.append((a, kw)))
-    assert training._init_ray(args) is False and calls == []  # the module's Ray is running: used as is
+    assert ray_session_mod.init_ray_for_run(args) is False and calls == []  # the module's Ray is running: used as is
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
-    assert training._init_ray(args) is True and calls == [((), {})]  # inside `ray job submit`: no resources
+    assert ray_session_mod.init_ray_for_run(args) is True and calls == [((), {})]  # inside `ray job submit`: no resources
     monkeypatch.delenv("RAY_ADDRESS")
-    training._init_ray(tiny_args("unused", 1, "--num-cpus", "1", "--num-env-runners", "2"))
+    ray_session_mod.init_ray_for_run(tiny_args("unused", 1, "--num-cpus", "1", "--num-env-runners", "2"))
     assert calls[-1] == ((), {"num_cpus": 3, "include_dashboard": False})  # driver + 2 runners at least

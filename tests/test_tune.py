@@ -168,9 +168,8 @@ def _is_number(v: str) -> bool:
 
 
 def test_smoke_sweep_then_report(ray_session, tmp_path, capsys):
-    from metarl.apps.sweep import add_arguments, plan, run_sweep
-
     from metarl.apps import report
+    from metarl.apps.sweep import add_arguments, plan, run_sweep
 
     args = add_arguments(argparse.ArgumentParser()).parse_args(
         ["--backbones", "gru", "--tasks", NAV, "--methods", "maml,multitask", "--seeds", "1", "--smoke",
