@@ -15,7 +15,7 @@ What it measures (all in one run, so ratios are comparable even on a noisy share
   with the reason printed;
 - acting: per-step time of step mode (x (B, 128), no grad), as a ratio to gru's step.
 
-What to expect (shared 2-core AMD EPYC VM, 1 thread, B=32, T=1000; see /work/notes/models_BENCH.md): lru 0.38 s,
+What to expect (shared 2-core AMD EPYC VM, 1 thread, B=32, T=1000; BENCHMARKS.md): lru 0.38 s,
 ~1.2-1.4x faster than gru; ssm ~1.3x (same FLOPs as lru: both are matmul-bound at width 128); lstm ~0.9-1.05x;
 transformer ~0.26x (K=32 window, 2 layers; T=4000 skipped at --max-gb 4); mlp ~3x. Acting: lru step ~0.95x gru
 step, transformer step ~0.12x. The whole run takes ~2 min (--quick: well under a minute).

@@ -7,7 +7,7 @@ otherwise; training metrics ``adapt/return_step_1 - adapt/return_step_0`` averag
   MAML pre -43.4 / -40.2 / -40.1 / -43.0 / -43.2, post -25.7 / -24.1 / -26.9 / -23.8 / -30.1 (gain min 13.0);
   multi-task baseline (inner_steps=0, same budget) post -40.9 / -36.0 / -36.7 / -38.1 / -39.3
   (MAML post - baseline post: min 9.2).
-For scale (../shared/PROTOCOL.md): a paper-size MAML-TRPO reaches about -20 after one step vs -38 before.
+For scale (docs/tasks.md): a paper-size MAML-TRPO reaches about -20 after one step vs -38 before.
 """
 
 from __future__ import annotations

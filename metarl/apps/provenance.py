@@ -3,7 +3,7 @@
 Every results file of the project carries ``provenance(config=..., seeds=...)`` under ``"provenance"`` so that a
 number can be traced back to the code and settings that made it::
 
-    {"created": "2026-11-25T23:30:00+00:00", "command": [...], "host": "...",
+    {"created": "2026-11-25T23:30:00+00:00", "command": [...], "platform": "Linux-6.1", "cpus": 2,
      "versions": {"python": "3.11.9", "ray": "2.60.0", "torch": "2.13.0", ...},
      "git": {"commit": "be45971...", "dirty": true},
      "config": {...}, "seeds": {"seed": 0, "task_seed": 0}}
@@ -93,16 +93,34 @@ def config_dict(config: Any) -> dict:
     return json_safe(raw)
 
 
-def provenance(*, config: Any = None, seeds: dict | None = None, extra: dict | None = None) -> dict:
-    """The provenance block of a results file (see the module docstring)."""
-    return {
+def relative_paths(value: Any, base: str | os.PathLike) -> Any:
+    """A copy of a JSON-safe value whose absolute path strings are written relative to ``base`` (``..`` allowed on
+    the same file system), so that results files name no machine's folders. Other strings are left as they are."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, base) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and "://" not in value:
+        try:
+            return os.path.relpath(value, base)
+        except ValueError:  # another drive (Windows)
+            return os.path.basename(value)
+    return value
+
+
+def provenance(*, config: Any = None, seeds: dict | None = None, extra: dict | None = None,
+               base: str | os.PathLike | None = None) -> dict:
+    """The provenance block of a results file (see the module docstring). Paths in the command line and in
+    ``extra`` are written relative to ``base`` (default: the working directory); the host name is not recorded."""
+    base = os.getcwd() if base is None else base
+    block = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": list(sys.argv),
-        "host": platform.node(),
-        "platform": platform.platform(),
+        "command": relative_paths(json_safe(list(sys.argv)), base),
+        "platform": platform.platform(terse=True),
+        "cpus": os.cpu_count(),
         "versions": versions(),
         "git": git_info(),
         "config": config_dict(config) if config is not None else None,
         "seeds": json_safe(seeds or {}),
-        **json_safe(extra or {}),
     }
+    return {**block, **relative_paths(json_safe(extra or {}), base)}

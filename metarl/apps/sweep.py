@@ -1,8 +1,8 @@
 """``metarl sweep``: compare backbones x task families x methods x seeds with a Ray Tune sweep.
 
     metarl sweep --backbones gru,ssm --tasks halfcheetah-dir,ant-dir --seeds 3 --gpus-per-trial 0.25
-    metarl sweep --backbones gru,mlp --tasks navigation-2d --seeds 1 --smoke --storage /tmp/sweeps --name try
-    metarl report /tmp/sweeps/try
+    metarl sweep --backbones gru,mlp --tasks navigation-2d --seeds 1 --smoke --storage runs/sweeps --name try
+    metarl report runs/sweeps/try
 
 The sweep itself is data (``tune_configs/baselines.py``): a grid over ``MAMLConfig`` fields, backbones matched to
 the same parameter budget, method "maml" and the non-meta "multitask" baseline (``inner_steps=0``). Bad axes or

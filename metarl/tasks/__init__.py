@@ -1,4 +1,4 @@
-"""Meta-RL task distributions as gymnasium envs (protocol: /work/shared/PROTOCOL.md).
+"""Meta-RL task distributions as gymnasium envs (protocol: docs/tasks.md).
 
 Importing this package registers the gymnasium ids below (its one import-time side effect), so that
 ``gymnasium.make("metarl.tasks:metarl/HalfCheetahVel-v0")`` works in any process, including Ray workers that never

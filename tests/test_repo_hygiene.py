@@ -1,0 +1,50 @@
+"""The repository stands alone: no tracked file names a folder of some machine or links outside the repo."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+#: absolute folders of a machine, and links to the folder next to a checkout (which a user's clone does not have)
+FORBIDDEN = re.compile(r"(?<![\w.])(/work/|/root/|/home/\w|/Users/\w|/tmp/\w|\.\./shared)")
+#: (file, reason) pairs allowed to name a machine folder
+ALLOWED = {
+    "tests/test_cluster.py": "Ray's unix socket paths must stay below 108 characters: the head's temp dir is /tmp",
+    "tests/test_repo_hygiene.py": "the pattern itself",
+}
+
+
+def offending_lines(files: list[str]) -> list[str]:
+    out = []
+    for rel in files:
+        if rel in ALLOWED:
+            continue
+        try:
+            text = (REPO / rel).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue  # binary files (plots), files deleted in the work tree
+        out += [f"{rel}:{i}: {line.strip()[:120]}" for i, line in enumerate(text.splitlines(), 1)
+                if FORBIDDEN.search(line)]
+    return out
+
+
+def tracked_files() -> list[str]:
+    return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_no_tracked_file_names_a_machine_folder_or_links_outside_the_repo():
+    files = tracked_files()
+    assert "README.md" in files
+    assert offending_lines(files) == []
+
+
+def test_the_check_sees_each_kind(tmp_path, monkeypatch):
+    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    for i, line in enumerate(["see ../shared/PROTOCOL.md", "cd /work/main && x", "out: /tmp/run1",
+                              '"/root/.cache"', "/home/alice/x"]):
+        (tmp_path / f"f{i}.md").write_text(f"ok line\n{line}\n")
+    (tmp_path / "fine.md").write_text("runs/sweeps, s3://bucket/tmp/x, docs/tasks.md, a/tmp/b\n")
+    found = offending_lines([f"f{i}.md" for i in range(5)] + ["fine.md"])
+    assert [f.split(":")[0] for f in found] == [f"f{i}.md" for i in range(5)]
