@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from metarl import models, tasks
+from metarl import tasks
+from rllib_ext import fields
 from rllib_ext.learner import MAMLLearner
 from rllib_ext.module import MetaRLModule
 from rllib_ext.runner import MAMLEnvRunner
@@ -19,27 +19,17 @@ def gym_env_id(task: str) -> str:
     """The gymnasium id in its ``module:id`` form, so that Ray workers that never imported metarl.tasks find it."""
     return f"metarl.tasks:{tasks.env_id(task)}"
 
-#: the fields `.meta()` sets, with their defaults (old RLlib MAML / ProMP defaults)
-META_DEFAULTS = dict(
-    task="navigation-2d",  # CLI task name (metarl.tasks.names())
-    task_options={},  # kwargs for the task env, e.g. {"max_episode_steps": 100}; they become env_config
-    backbone="gru",  # metarl.models name; a top-level field so Tune can grid-search it
-    width=64,  # backbone width
-    backbone_kwargs={},
-    init_log_std=0.0,
-    inner_lr=0.1,  # α of the inner VPG step
-    inner_steps=1,  # K inner steps (0 = the non-meta multi-task baseline)
-    meta_batch_size=20,  # tasks per meta-iteration
-    episodes_per_task=20,  # episodes per task per inner step (a multiple of num_envs_per_env_runner)
-    first_order=False,  # drop the second-order term of the meta-gradient
-    outer_steps=5,  # Adam steps on the clipped surrogate per meta-iteration
-    clip_param=0.3,  # ProMP surrogate clip ε
-    normalize_advantages=True,
-    max_seq_len=None,  # BPTT length; None = the task's horizon (must be >= horizon)
-    dtype="float32",  # "float64" for exact-gradient checks
-    task_seed=None,  # seed of the task sampler; None = config.seed
-    max_task_retries=3,  # re-run a dead runner's tasks on healthy runners this many times, then fail
-)
+#: the fields ``.meta()`` sets, with their defaults (from the table ``rllib_ext.fields.FIELDS``)
+META_DEFAULTS = fields.defaults("meta")
+
+
+def _from_legacy(state: dict) -> dict:
+    """A config saved before ``horizon`` was a field kept the episode length in ``task_options``."""
+    options = state.get("task_options")
+    if "horizon" not in state and isinstance(options, dict) and "max_episode_steps" in options:
+        options = dict(options)
+        state = {**state, "horizon": options.pop("max_episode_steps"), "task_options": options}
+    return state
 
 
 class MAMLConfig(AlgorithmConfig):
@@ -57,19 +47,19 @@ class MAMLConfig(AlgorithmConfig):
 
             algo_class = MAML
         super().__init__(algo_class=algo_class)
-        for k, v in META_DEFAULTS.items():
-            setattr(self, k, v.copy() if isinstance(v, dict) else v)
-        self.lr = 1e-3  # outer Adam lr
-        self.grad_clip = 1.0  # outer gradient-norm clip
-        self.gamma = 0.99
+        for k, v in fields.defaults().items():  # the MAML fields and the outer-loop fields RLlib also has
+            setattr(self, k, v)
         self.env_runner_cls = MAMLEnvRunner
-        self.num_env_runners = 0
-        self.num_envs_per_env_runner = 10
         self.restart_failed_env_runners = True
         self.env = gym_env_id(self.task)
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(_from_legacy(state))
+
+    def update_from_dict(self, config_dict: dict) -> MAMLConfig:
+        return super().update_from_dict(_from_legacy(dict(config_dict)))
+
     def meta(self, **kwargs) -> MAMLConfig:
-        """Set MAML fields (see ``META_DEFAULTS`` for names, defaults and meaning)."""
         for k, v in kwargs.items():
             if k not in META_DEFAULTS:
                 raise ValueError(f"MAMLConfig.meta(): unknown field {k!r}; known fields: {sorted(META_DEFAULTS)}")
@@ -77,12 +67,22 @@ class MAMLConfig(AlgorithmConfig):
                 setattr(self, k, v)
         if "task" in kwargs and kwargs["task"] in tasks.names():
             self.env = gym_env_id(self.task)
-        self.env_config = dict(self.task_options)
+        self.env_config = self.env_options()
         return self
 
+    meta.__doc__ = fields.meta_doc()
+
     @property
-    def horizon(self) -> int:
-        return int(self.task_options.get("max_episode_steps") or tasks.horizon(self.task))
+    def max_episode_steps(self) -> int:
+        """The episode length: ``horizon``, or the task family's registered horizon when ``horizon`` is None."""
+        return fields.horizon_of(self)
+
+    def env_options(self) -> dict:
+        """The kwargs every env is made with (RLlib's ``env_config``): ``task_options`` and the horizon."""
+        options = dict(self.task_options) if isinstance(self.task_options, dict) else {}
+        if self.horizon is not None:
+            options["max_episode_steps"] = self.horizon
+        return options
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(
@@ -92,7 +92,7 @@ class MAMLConfig(AlgorithmConfig):
                 "width": self.width,
                 "backbone_kwargs": dict(self.backbone_kwargs),
                 "init_log_std": self.init_log_std,
-                "max_seq_len": self.max_seq_len or self.horizon,
+                "max_seq_len": self.max_seq_len or self.max_episode_steps,
                 "dtype": self.dtype,
             },
         )
@@ -101,31 +101,12 @@ class MAMLConfig(AlgorithmConfig):
         return MAMLLearner
 
     def validate_meta(self) -> None:
-        """Errors name the field, the value and what is allowed; raised before any actor starts."""
-
-        def bad(field, allowed):
-            raise ValueError(f"MAMLConfig.{field} = {getattr(self, field)!r} is invalid: {allowed}")
-
-        if self.task not in tasks.names():
-            bad("task", f"must be one of {tasks.names()}")
-        if self.backbone not in models.available():
-            bad("backbone", f"must be one of {models.available()}")
-        for f in ("inner_lr", "lr"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
-                bad(f, "must be a finite number > 0")
-        for f, lo in (("inner_steps", 0), ("meta_batch_size", 1), ("episodes_per_task", 1), ("outer_steps", 1)):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                bad(f, f"must be an integer >= {lo}")
-        if not (isinstance(self.width, int) and self.width > 0):
-            bad("width", "must be a positive integer")
-        if not 0 < self.clip_param < 1:
-            bad("clip_param", "must be in (0, 1)")
-        if not 0 < self.gamma <= 1:
-            bad("gamma", "must be in (0, 1]")
-        if self.dtype not in ("float32", "float64"):
-            bad("dtype", "must be 'float32' or 'float64'")
+        """Every field by the table (type, range, choices), then the fields together, the task options and backbone
+        kwargs by their signatures, the size estimate and the GPUs. Errors name the field, the value and what is
+        allowed; raised before RLlib sees the config and before any actor starts."""
+        fields.check_fields(self)
+        fields.check_task_options(self.task, self.task_options)
+        fields.check_backbone_kwargs(self.backbone, self.backbone_kwargs)
         if self.episodes_per_task % self.num_envs_per_env_runner:
             raise ValueError(
                 f"MAMLConfig.episodes_per_task = {self.episodes_per_task} must be a multiple of "
@@ -138,16 +119,16 @@ class MAMLConfig(AlgorithmConfig):
                 f"MAMLConfig.meta_batch_size = {self.meta_batch_size} must be divisible by num_learners = "
                 f"{self.num_learners} (the Learners shard the meta-batch by task)"
             )
-        if self.max_seq_len is not None and self.max_seq_len < self.horizon:
+        if self.max_seq_len is not None and self.max_seq_len < self.max_episode_steps:
             raise ValueError(
-                f"MAMLConfig.max_seq_len = {self.max_seq_len} is below the horizon {self.horizon} of task "
+                f"MAMLConfig.max_seq_len = {self.max_seq_len} is below the horizon {self.max_episode_steps} of task "
                 f"{self.task!r}: MAML backpropagates through whole episodes (max_seq_len >= horizon)"
             )
+        fields.check_size(self)
+        fields.check_gpus(self)
 
     def validate(self) -> None:
         self.validate_meta()
         self.env = gym_env_id(self.task)
-        self.env_config = dict(self.task_options)
+        self.env_config = self.env_options()
         super().validate()
-
-

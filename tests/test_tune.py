@@ -32,7 +32,7 @@ def test_maml_config_round_trips_through_dict():
 
     cfg = (MAMLConfig()
            .meta(task=NAV, backbone="lstm", width=8, inner_steps=0, inner_lr=0.37, meta_batch_size=2,
-                 episodes_per_task=2, outer_steps=1, first_order=True, task_options={"max_episode_steps": 20})
+                 episodes_per_task=2, outer_steps=1, first_order=True, horizon=20)
            .env_runners(num_env_runners=0, num_envs_per_env_runner=2)
            .callbacks(ModelSizeCallback))
     for restored in (MAMLConfig.from_dict(cfg.to_dict()), MAMLConfig().update_from_dict(cfg.to_dict())):

@@ -89,55 +89,24 @@ def check_axes(*, backbones: list[str], task_names: list[str], seeds: int, metho
             raise ValueError(f"{axis} lists a value twice: {values}")
 
 
-def io_dims(task: str) -> tuple[int, int]:
-    """(observation dim, policy output dim) of a task, as ``rllib_ext.module.MetaRLModule`` sees them."""
-    env = tasks.make(task)
-    try:
-        obs, act = env.observation_space, env.action_space
-        out = int(act.n) if hasattr(act, "n") else int(act.shape[0])
-        return int(obs.shape[0]), out
-    finally:
-        env.close()
-
-
 def matched_widths(*, backbones: list[str], task_names: list[str], target_params: int) -> dict[str, dict]:
-    """{task: {backbone: {"width": w, "backbone_params": n}}}: the width whose backbone is closest to the budget.
+    """{task: {backbone: {"width": w, "backbone_params": n}}}: the width whose backbone is closest to the budget
+    (``metarl.models.registry.matched_width``, counted on the ``meta`` device).
 
     The module adds ``action_dim`` log σ parameters on top (reported by the trials as ``model/num_params``).
     """
+    from metarl.models.registry import matched_width
+    from rllib_ext.fields import backbone_num_params, task_io_dims
+
     out: dict[str, dict] = {}
     for task in task_names:
-        obs_dim, out_dim = io_dims(task)
+        obs_dim, out_dim = task_io_dims(task)
         out[task] = {}
         for b in backbones:
-            net = models.build_matched(b, target_params=target_params, input_dim=obs_dim, output_dim=out_dim)
-            n = models.num_params(net)
-            out[task][b] = {"width": width_of(b, num_params=n, input_dim=obs_dim, output_dim=out_dim),
-                            "backbone_params": n}
+            w = matched_width(b, target_params=target_params, input_dim=obs_dim, output_dim=out_dim)
+            n = backbone_num_params(b, width=w, input_dim=obs_dim, output_dim=out_dim, kwargs={})
+            out[task][b] = {"width": w, "backbone_params": n}
     return out
-
-
-def width_of(name: str, *, num_params: int, input_dim: int, output_dim: int) -> int:
-    """The smallest width at which backbone ``name`` has exactly ``num_params`` parameters.
-
-    ``build_matched`` returns a model, not its width, and backbones do not share a ``width`` attribute: scan the
-    widths (counted on the ``meta`` device, no memory; widths the backbone rejects are skipped).
-    """
-    import torch
-
-    with torch.device("meta"):
-        for w in range(1, 1 << 14):
-            try:
-                net = models.build(name, input_dim=input_dim, output_dim=output_dim, width=w)
-            except ValueError:
-                continue
-            n = models.num_params(net)
-            if n == num_params:
-                return w
-            if n > num_params:
-                break
-    raise ValueError(f"no width of backbone {name!r} gives {num_params} parameters (input {input_dim}, "
-                     f"output {output_dim})")
 
 
 def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
@@ -150,11 +119,10 @@ def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
 
     if gpus_per_trial < 0:
         raise ValueError(f"--gpus-per-trial = {gpus_per_trial} must be >= 0")
-    task_options = {"max_episode_steps": size.horizon} if size.horizon else {}
     return (
         MAMLConfig()
         .meta(meta_batch_size=size.meta_batch_size, episodes_per_task=size.episodes_per_task,
-              outer_steps=size.outer_steps, inner_steps=size.inner_steps, task_options=task_options,
+              outer_steps=size.outer_steps, inner_steps=size.inner_steps, horizon=size.horizon,
               **size.meta_overrides)
         .env_runners(num_env_runners=size.num_env_runners, num_envs_per_env_runner=size.num_envs_per_env_runner,
                      num_cpus_per_env_runner=size.num_cpus_per_env_runner)

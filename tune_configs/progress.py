@@ -11,10 +11,20 @@ from ray import tune
 HEADER = f"{'trial':<40} {'iter':>5} {'before':>9} {'after':>9} {'gain':>8} {'env steps':>10} {'time':>8}"
 
 
-def trial_label(config: dict) -> str:
-    """``task/backbone/method/s<seed>`` of a trial's (resolved) config."""
+def trial_parts(config: dict) -> tuple[str, str, str, str]:
+    """(task, backbone, method, ``s<seed>``) of a trial's (resolved) config: what names a trial."""
     method = config.get("method") or ("multitask" if config.get("inner_steps") == 0 else "maml")
-    return f"{config.get('task')}/{config.get('backbone')}/{method}/s{config.get('seed')}"
+    return str(config.get("task")), str(config.get("backbone")), method, f"s{config.get('seed')}"
+
+
+def trial_label(config: dict) -> str:
+    """``task/backbone/method/s<seed>``: a trial in the progress table."""
+    return "/".join(trial_parts(config))
+
+
+def trial_dirname(trial) -> str:
+    """``task_backbone_method_s<seed>_<trial id>``: a trial's folder (Tune's ``trial_dirname_creator``)."""
+    return "_".join([*trial_parts(trial.config), trial.trial_id])
 
 
 def _get(result: dict, key: str, default=float("nan")):

@@ -55,7 +55,7 @@ def plan(args: argparse.Namespace) -> dict:
     from tune_configs.baselines import SIZES, check_axes, with_size
     from tune_configs.storage import check_storage
 
-    backbones = _csv(args.backbones) if args.backbones else models.available()
+    backbones = _csv(args.backbones) if args.backbones is not None else models.available()
     task_names, methods = _csv(args.tasks), _csv(args.methods)
     check_axes(backbones=backbones, task_names=task_names, seeds=args.seeds, methods=methods)
     size = SIZES[args.size or ("smoke" if args.smoke else "full")]
@@ -76,11 +76,6 @@ def plan(args: argparse.Namespace) -> dict:
                 size=with_size(size, **changes), name=name, storage=storage, gpus_per_trial=args.gpus_per_trial)
 
 
-def _trial_dirname(trial) -> str:
-    c = trial.config
-    return f"{c['task']}_{c['backbone']}_{c['method']}_s{c['seed']}_{trial.trial_id}"
-
-
 def run_sweep(p: dict, *, echo=print, resume: bool = False):
     """Run the planned sweep on the current Ray (``ray.init`` done by the caller); returns the ``ResultGrid``."""
     from ray import tune
@@ -89,7 +84,7 @@ def run_sweep(p: dict, *, echo=print, resume: bool = False):
     from metarl.apps.provenance import json_safe, provenance
     from rllib_ext.algorithm import MAML
     from tune_configs.baselines import METRIC, matched_widths, param_space
-    from tune_configs.progress import ProgressPrinter
+    from tune_configs.progress import ProgressPrinter, trial_dirname
 
     size = p["size"]
     uri = p["storage"].rstrip("/") + "/" + p["name"]
@@ -111,7 +106,7 @@ def run_sweep(p: dict, *, echo=print, resume: bool = False):
         MAML,
         param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=p["name"],
             storage_path=p["storage"],
