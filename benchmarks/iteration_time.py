@@ -32,7 +32,7 @@ def measure(backbone: str, args) -> dict:
         MAMLConfig()
         .meta(
             task=args.task,
-            task_options={"max_episode_steps": args.horizon},
+            horizon=args.horizon,
             backbone=backbone,
             width=args.width,
             meta_batch_size=args.meta_batch_size,

@@ -177,7 +177,7 @@ def test_second_order_differs_from_first_order_and_matches_finite_differences():
 def test_every_backbone_runs_a_maml_iteration_on_mujoco(backbone):
     """Local runner AND remote runners, HalfCheetahDir with a 10-step horizon: returns are finite, steps counted."""
     for n_runners in (0, 1):
-        cfg = tiny(backbone, task="halfcheetah-dir", task_options={"max_episode_steps": 10}).env_runners(
+        cfg = tiny(backbone, task="halfcheetah-dir", horizon=10).env_runners(
             num_env_runners=n_runners, num_cpus_per_env_runner=0.5
         )
         algo = cfg.build_algo()

@@ -71,7 +71,16 @@ def _count(name: str, width: int, input_dim: int, output_dim: int, kwargs: dict)
 
 
 def build_matched(name: str, *, target_params: int, input_dim: int, output_dim: int, **kwargs) -> Backbone:
-    """Build ``name`` at the valid width whose parameter count is closest to ``target_params``.
+    """Build ``name`` at the valid width whose parameter count is closest to ``target_params`` (``matched_width``)."""
+    width = matched_width(name, target_params=target_params, input_dim=input_dim, output_dim=output_dim, **kwargs)
+    model = build(name, input_dim=input_dim, output_dim=output_dim, width=width, **kwargs)
+    logger.debug("build_matched(%s): width %d -> %d params (target %d)", name, width, num_params(model),
+                 target_params)
+    return model
+
+
+def matched_width(name: str, *, target_params: int, input_dim: int, output_dim: int, **kwargs) -> int:
+    """The valid width of ``name`` whose parameter count is closest to ``target_params``.
 
     Parameter counts grow with width, so the width is found by bisection over multiples of the backbone's
     width step; ties go to the smaller width.
@@ -90,7 +99,4 @@ def build_matched(name: str, *, target_params: int, input_dim: int, output_dim: 
             lo = mid + 1
     candidates = [k for k in (lo - 1, lo) if k >= 1]
     best = min(candidates, key=lambda k: abs(_count(name, k * step, input_dim, output_dim, kwargs) - target_params))
-    model = build(name, input_dim=input_dim, output_dim=output_dim, width=best * step, **kwargs)
-    logger.debug("build_matched(%s): width %d -> %d params (target %d)", name, best * step, num_params(model),
-                 target_params)
-    return model
+    return best * step
