@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(1)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         res = [measure(b, args) for b in args.backbones.split(",")]
     finally:

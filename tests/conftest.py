@@ -24,6 +24,7 @@ def init_ray_with_tests_on_path() -> None:
 
     tests_dir = str(pathlib.Path(__file__).parent)
     ray.init(
+        address="local",  # a new local instance even when a `ray start` cluster runs on this machine
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -25,7 +25,7 @@ TINY = ["--task", "navigation-2d", "--backbone", "gru", "--width", "16", "--meta
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         args = flags.add_arguments(argparse.ArgumentParser()).parse_args([*TINY, "--out", str(out),
                                                                              "--iterations", "1"])

@@ -22,7 +22,7 @@ from rllib_ext.algorithm import MAMLConfig
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -28,7 +28,7 @@ TINY = ["--task", "navigation-2d", "--backbone", "gru", "--width", "16", "--meta
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -83,6 +83,20 @@ def test_resume_to_larger_total_equals_uninterrupted_run(tmp_path, reference, mo
     csv_rows = (out / "progress.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + 3 and csv_rows[0].startswith("iteration,")
     assert (out / "adaptation.png").stat().st_size > 0 and any((out / "tb").iterdir())
+
+
+@pytest.mark.timeout(300)
+def test_resume_with_remote_runners_samples_with_the_restored_weights(tmp_path, reference):
+    """2 iterations, then --resume to 3, with 2 remote EnvRunners == the uninterrupted run (0 runners: the same
+    episodes, MAMLEnvRunner seeds them from the job). A runner left with stale weights after the restore samples
+    iteration 3 with other weights: other returns and a log-prob mismatch far from 0 at the Learner."""
+    out = tmp_path / "run"
+    run_loop.run(tiny_args(out, 2, "--num-env-runners", "2"), echo=lambda s: None)
+    run_loop.run(tiny_args(out, 3, "--num-env-runners", "2", "--resume"), echo=lambda s: None)
+    got = records(out)
+    assert_same_run(got, reference)
+    assert max(r["meta/logp_mismatch"] for r in got) < 1e-4
+    assert np.cumsum([r["env_steps/this_iter"] for r in got]).tolist() == [r["env_steps/lifetime"] for r in got]
 
 
 @pytest.mark.timeout(240)
@@ -233,4 +247,4 @@ def test_init_ray_joins_a_job_cluster_bare_and_leaves_a_running_ray_alone(monkey
     assert ray_session_mod.init_ray_for_run(args) is True and calls == [((), {})]  # inside `ray job submit`: no resources
     monkeypatch.delenv("RAY_ADDRESS")
     ray_session_mod.init_ray_for_run(tiny_args("unused", 1, "--num-cpus", "1", "--num-env-runners", "2"))
-    assert calls[-1] == ((), {"num_cpus": 3, "include_dashboard": False})  # driver + 2 runners at least
+    assert calls[-1] == ((), {"address": "local", "num_cpus": 3, "include_dashboard": False})  # driver + 2 runners at least

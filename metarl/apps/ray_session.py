@@ -16,7 +16,8 @@ def start_or_join_ray(num_cpus: int | None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        # address="local": an embedded Ray, even when a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
     return True
 
 
