@@ -10,10 +10,12 @@ What it does: for each (family, plain env) pair it pre-generates actions, then a
 load), resetting every ``--horizon`` steps and ignoring termination (the physics is identical, so both do the same
 work). It prints the median steps/s of each and the overhead ``family_time / plain_time - 1``.
 
-What to expect (2-core AMD EPYC VM, mujoco 4.0.0, gymnasium 1.2.2, CPU steps/s): overhead between -9% and +2%
-for every family (target: under +10%); HalfCheetah ~ 25 k steps/s, Ant ~ 4.3 k, Humanoid ~ 2.4 k. The Ant and
-Humanoid families are a little faster than the plain envs (they read the torso / mass centre from arrays instead of
-``data.body(...)`` accessors and build smaller infos). Debug in-process: ``from env_speed import time_steps``.
+What to expect (2-core AMD EPYC VM, mujoco 3.3.0, gymnasium 1.2.2, CPU steps/s; BENCHMARKS.md has the table and
+the earlier mujoco 4.0.0 one): overhead within about ±10% for every family; HalfCheetah ~ 25 k steps/s, Ant ~ 4.3 k,
+Humanoid ~ 2.4 k, Meta-World reach/push ~ 4-5 k. The Ant and Humanoid families are a little faster than the plain
+envs (they read the torso / mass centre from arrays instead of ``data.body(...)`` accessors and build smaller
+infos); the Meta-World families wrap Meta-World's env (plain = the same class with the same task). Debug
+in-process: ``from env_speed import time_steps``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,20 @@ PAIRS = [  # (family CLI name, options, plain gymnasium id, plain kwargs)
     ("ant-dir", {"direction_2d": True}, "Ant-v5", {}),
     ("ant-goal", {}, "Ant-v5", {"exclude_current_positions_from_observation": False}),
     ("humanoid-dir", {}, "Humanoid-v5", {}),
+    ("metaworld-ml1-reach", {}, "metaworld:reach-v3", {}),  # plain: Meta-World's own env class, same task
+    ("metaworld-ml1-push", {}, "metaworld:push-v3", {}),
 ]
+
+
+def plain_env(plain_id: str, kwargs: dict, family: gym.Env) -> gym.Env:
+    """The plain gymnasium env, or (``metaworld:<name>``) Meta-World's env class with the family's current task."""
+    if not plain_id.startswith("metaworld:"):
+        return gym.make(plain_id, **kwargs).unwrapped
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    env = ALL_V3_ENVIRONMENTS[plain_id.split(":", 1)[1]](**kwargs)
+    env.set_task(family._sets.native[family.get_task()])
+    return env
 
 
 def time_steps(env: gym.Env, actions: np.ndarray, *, horizon: int) -> float:
@@ -58,11 +73,12 @@ def main() -> None:
     args = parser.parse_args()
     mujoco.set_mju_user_warning(lambda message: None)  # half_cheetah.xml's deprecation warning: no MUJOCO_LOG.TXT
 
+    print(f"mujoco {mujoco.__version__}, gymnasium {gym.__version__}")
     print(f"{'family':34s} {'plain env':14s} {'family steps/s':>15s} {'plain steps/s':>14s} {'overhead':>9s}")
     for name, options, plain_id, plain_kwargs in PAIRS:
         family = T.make(name, task_seed=0, **options).unwrapped
         family.set_task(family.sample_tasks(1, seed=0)[0])
-        plain = gym.make(plain_id, **plain_kwargs).unwrapped
+        plain = plain_env(plain_id, plain_kwargs, family)
         rng = np.random.default_rng(0)
         actions = rng.uniform(plain.action_space.low, plain.action_space.high,
                               size=(args.steps, *plain.action_space.shape)).astype(np.float32)

@@ -15,7 +15,13 @@ ant-goal            metarl/AntGoal-v0           200      ``ant.AntGoalEnv``
 humanoid-dir        metarl/HumanoidDir-v0       200      ``humanoid.HumanoidDirEnv``
 navigation-2d       metarl/Navigation2D-v0      100      ``navigation.Navigation2DEnv``
 pendulum-mass       metarl/PendulumMass-v0      200      ``pendulum.PendulumMassEnv``
+metaworld-ml1-reach metarl/MetaWorldML1Reach-v0 500      ``metaworld.MetaWorldML1Env`` (reach-v3)
+metaworld-ml1-push  metarl/MetaWorldML1Push-v0  500      ``metaworld.MetaWorldML1Env`` (push-v3)
+metaworld-ml1-pick-place  metarl/MetaWorldML1PickPlace-v0  500  ``metaworld.MetaWorldML1Env`` (pick-place-v3)
+metaworld-ml10      metarl/MetaWorldML10-v0     500      ``metaworld.MetaWorldML10Env``
 ==================  ==========================  =======  =============================================
+
+Meta-World families allow horizons up to 500 (``MAX_HORIZON``; ``make`` rejects more, see ``check_horizon``).
 
 Usage::
 
@@ -42,7 +48,15 @@ FAMILIES: dict[str, tuple[str, str, int]] = {
     "humanoid-dir": ("metarl/HumanoidDir-v0", "metarl.tasks.humanoid:HumanoidDirEnv", 200),
     "navigation-2d": ("metarl/Navigation2D-v0", "metarl.tasks.navigation:Navigation2DEnv", 100),
     "pendulum-mass": ("metarl/PendulumMass-v0", "metarl.tasks.pendulum:PendulumMassEnv", 200),
+    "metaworld-ml1-reach": ("metarl/MetaWorldML1Reach-v0", "metarl.tasks.metaworld:MetaWorldML1Env", 500),
+    "metaworld-ml1-push": ("metarl/MetaWorldML1Push-v0", "metarl.tasks.metaworld:MetaWorldML1Env", 500),
+    "metaworld-ml1-pick-place": ("metarl/MetaWorldML1PickPlace-v0", "metarl.tasks.metaworld:MetaWorldML1Env", 500),
+    "metaworld-ml10": ("metarl/MetaWorldML10-v0", "metarl.tasks.metaworld:MetaWorldML10Env", 500),
 }
+#: registration kwargs of families that share a class, and the longest horizon a family allows
+_KWARGS = {"metaworld-ml1-reach": {"env_name": "reach-v3"}, "metaworld-ml1-push": {"env_name": "push-v3"},
+           "metaworld-ml1-pick-place": {"env_name": "pick-place-v3"}}
+MAX_HORIZON = {name: 500 for name in FAMILIES if name.startswith("metaworld-")}
 _BY_ID = {gym_id: name for name, (gym_id, _, _) in FAMILIES.items()}
 
 _LAZY = {  # classes whose modules import MuJoCo: loaded on first attribute access (PEP 562)
@@ -50,10 +64,12 @@ _LAZY = {  # classes whose modules import MuJoCo: loaded on first attribute acce
     "AntDirEnv": "metarl.tasks.ant", "AntGoalEnv": "metarl.tasks.ant", "HumanoidDirEnv": "metarl.tasks.humanoid",
     "Navigation2DEnv": "metarl.tasks.navigation", "PendulumMassEnv": "metarl.tasks.pendulum",
     "check_task_distribution": "metarl.tasks.check",
+    "MetaWorldML1Env": "metarl.tasks.metaworld", "MetaWorldML10Env": "metarl.tasks.metaworld",
+    "MetaWorldTask": "metarl.tasks.metaworld",
 }
 
-__all__ = ["FAMILIES", "AngleTask", "DirectionTask", "GoalTask", "MassTask", "MetaEnv", "Task", "VelocityTask",
-           "env_id", "horizon", "make", "names", *_LAZY]
+__all__ = ["FAMILIES", "MAX_HORIZON", "AngleTask", "DirectionTask", "GoalTask", "MassTask", "MetaEnv", "Task", "VelocityTask",
+           "check_horizon", "env_id", "horizon", "make", "names", *_LAZY]
 
 
 def names() -> list[str]:
@@ -81,6 +97,14 @@ def horizon(name_or_id: str) -> int:
     return FAMILIES[_name(name_or_id)][2]
 
 
+def check_horizon(name_or_id: str, horizon: int | None) -> None:
+    """Raise ValueError if ``horizon`` exceeds the family's longest allowed episode (Meta-World: 500)."""
+    limit = MAX_HORIZON.get(_name(name_or_id))
+    if limit is not None and isinstance(horizon, int) and horizon > limit:
+        raise ValueError(f"horizon (max_episode_steps) = {horizon} is not allowed for {_name(name_or_id)}: Meta-World "
+                         f"envs raise when stepped past max_path_length = {limit}; allowed: 1..{limit}")
+
+
 def make(name: str, *, horizon: int | None = None, **options: Any) -> gymnasium.Env:
     """``gymnasium.make(env_id(name), **options)`` with the TimeLimit set to ``horizon`` (default: the protocol's).
 
@@ -92,13 +116,15 @@ def make(name: str, *, horizon: int | None = None, **options: Any) -> gymnasium.
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
             raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
         options["max_episode_steps"] = horizon
+    check_horizon(name, options.get("max_episode_steps"))
     return gymnasium.make(gym_id, **options)
 
 
 def _register() -> None:
-    for gym_id, entry_point, steps in FAMILIES.values():
+    for name, (gym_id, entry_point, steps) in FAMILIES.items():
         if gym_id not in gymnasium.registry:
-            gymnasium.register(id=gym_id, entry_point=entry_point, max_episode_steps=steps)
+            gymnasium.register(id=gym_id, entry_point=entry_point, max_episode_steps=steps,
+                               kwargs=dict(_KWARGS.get(name, {})))
 
 
 _register()
