@@ -122,7 +122,8 @@ class MAMLConfig(AlgorithmConfig):
         if self.max_seq_len is not None and self.max_seq_len < self.max_episode_steps:
             raise ValueError(
                 f"MAMLConfig.max_seq_len = {self.max_seq_len} is below the horizon {self.max_episode_steps} of task "
-                f"{self.task!r}: MAML backpropagates through whole episodes (max_seq_len >= horizon)"
+                f"{self.task!r}: allowed: an integer >= {self.max_episode_steps}, or None (the horizon); MAML "
+                "backpropagates through whole episodes"
             )
         fields.check_size(self)
         fields.check_gpus(self)

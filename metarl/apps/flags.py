@@ -64,11 +64,14 @@ def check_run_flags(args: argparse.Namespace) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """``MAMLConfig`` from parsed flags: every field of the table set through its builder (``.meta``,
-    ``.training``, ``.env_runners``, ``.learners``, ``.debugging``). Not validated: ``prepare`` validates."""
+    ``.training``, ``.env_runners``, ``.learners``, ``.debugging``). Each value is checked by its row of the table;
+    the fields together (sizes, GPUs, options) are checked by ``MAMLConfig.validate_meta`` in ``prepare``."""
     from rllib_ext.config import MAMLConfig
-    from rllib_ext.fields import BUILDERS
+    from rllib_ext.fields import BUILDERS, check_field
 
     check_run_flags(args)
+    for f in FIELDS:  # before RLlib's builders, which raise their own errors for some values
+        check_field(f, getattr(args, f.dest))
     config = MAMLConfig()
     for builder in BUILDERS:
         getattr(config, builder)(**{f.name: getattr(args, f.dest) for f in FIELDS if f.builder == builder})
