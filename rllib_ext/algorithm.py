@@ -14,20 +14,65 @@ One meta-iteration (``MAML.training_step``)::
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 
 import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core import COMPONENT_LEARNER_GROUP, DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from metarl import tasks
+from rllib_ext import checkpoint
 from rllib_ext.config import META_DEFAULTS, MAMLConfig, gym_env_id
 from rllib_ext.runner import TaskJob
 
 __all__ = ["MAML", "MAMLConfig", "META_DEFAULTS", "gym_env_id"]
 
 logger = logging.getLogger(__name__)
+
+
+def weights_digest(state: dict, keys=None) -> str:
+    """sha256 over a module state's arrays (names sorted; only ``keys`` if given): equal digests = equal weights."""
+    h = hashlib.sha256()
+    for name in sorted(keys if keys is not None else state):
+        a = np.ascontiguousarray(np.asarray(state[name].detach().cpu() if hasattr(state[name], "detach")
+                                            else state[name]))
+        h.update(name.encode())
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _node_id() -> str:
+    """The Ray node id of the calling process (run inside an EnvRunner: where its tasks ran)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _lost_runners_message(runner_nodes: dict[int, str], config) -> str:
+    """Why no EnvRunner came back: the nodes the runners last ran on, as Ray reports them now, and what to do."""
+    import ray
+
+    nodes = {n["NodeID"]: n for n in ray.nodes()}
+    where = []
+    for node_id in sorted(set(runner_nodes.values())):
+        n = nodes.get(node_id, {})
+        state = "alive" if n.get("Alive") else f"dead: {n.get('DeathReasonMessage') or 'unknown reason'}"
+        where.append(f"{node_id} ({n.get('NodeManagerAddress', '?')}, {state}; runners "
+                     f"{sorted(i for i, v in runner_nodes.items() if v == node_id)})")
+    need = {"CPU": config.num_cpus_per_env_runner, "GPU": config.num_gpus_per_env_runner,
+            **(config.custom_resources_per_env_runner or {})}
+    need = {k: v for k, v in need.items() if v}
+    return (
+        f"MAML: no EnvRunner came back within env_runner_restore_timeout_s = {config.env_runner_restore_timeout_s} s. "
+        f"The runners last ran on node(s): {'; '.join(where) or 'none recorded'}. Ray restarts a lost runner only "
+        f"on a node with {need} free per runner: add one (or let the autoscaler replace the lost node), then "
+        f"resume from the last checkpoint (metarl train --resume)."
+    )
 
 
 class MAML(Algorithm):
@@ -43,7 +88,7 @@ class MAML(Algorithm):
         self._task_rng = np.random.default_rng(seed)
         self.last_tasks: list = []
         self._retried_tasks = 0  # tasks re-run after a runner failure (lifetime of this Algorithm object)
-        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        self.push_weights()
 
     # --- one meta-iteration --------------------------------------------------------------------------------------
     def training_step(self) -> None:
@@ -61,7 +106,7 @@ class MAML(Algorithm):
         t0 = time.perf_counter()
         learner_metrics = self.meta_update(results)
         t_update = time.perf_counter() - t0
-        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        self.push_weights()
         self._log_iteration(results, learner_metrics, t_sample=t_sample, t_update=t_update)
 
     def run_jobs(self, jobs: list[TaskJob]) -> list[dict]:
@@ -103,7 +148,7 @@ class MAML(Algorithm):
         while True:
             self.restore_env_runners(group)
             if group.healthy_env_runner_ids():
-                group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+                self.push_weights()
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("MAML: no healthy EnvRunner came back to sample the remaining tasks")
@@ -149,6 +194,78 @@ class MAML(Algorithm):
         m.log_value(("time", "meta_update_s"), t_update, window=1)
         m.log_value(("tasks", "retried_lifetime"), self._retried_tasks, window=1)
 
+    # --- weights: Learner -> EnvRunners, a push the caller waits for -------------------------------------------
+    #: seconds ``push_weights`` waits for every healthy EnvRunner to confirm the new weights
+    weights_push_timeout_s: float = 300.0
+
+    def push_weights(self, runner_ids: list[int] | None = None) -> list[int]:
+        """Set the Learner's θ on the local EnvRunner and on every healthy remote one, and WAIT until each confirms.
+
+        Why not ``EnvRunnerGroup.sync_weights``: in RLlib 2.60 it is fire-and-forget (``timeout_seconds=0``) through
+        the actor manager's async path, which silently DROPS a call to a runner that still has a ``set_state`` call
+        in flight (``max_requests_in_flight_per_env_runner=1``). RLlib's ``setup``, ``restore_from_path`` and
+        ``set_state`` send such calls back to back, so after a restore a runner could keep the initial weights and
+        sample the first resumed iteration with them. Here each runner sets the weights on its module (no
+        ``weights_seq_no`` gating) and answers with a digest of what it now holds; a healthy runner that does not
+        answer, or holds other weights, is an error. A runner that dies meanwhile is left to the restart path
+        (``restore_env_runners`` pushes again). Returns the ids of the remote runners that confirmed.
+        """
+        import ray
+
+        state = self.learner_group.get_state(components=f"learner/rl_module/{DEFAULT_MODULE_ID}",
+                                             inference_only=True)["learner"]["rl_module"][DEFAULT_MODULE_ID]
+        want = weights_digest(state)
+        group = self.env_runner_group
+        if group.local_env_runner is not None:
+            group.local_env_runner.module.set_state(state)
+        if group.num_remote_env_runners() == 0:
+            return []
+        ids = list(runner_ids) if runner_ids is not None else group.healthy_env_runner_ids()
+        ref = ray.put(state)
+
+        def set_weights(er):
+            er.module.set_state(ray.get(ref))
+            return er.worker_index, weights_digest(er.module.get_state(inference_only=True), keys=state)
+
+        answers = dict(group.foreach_env_runner(set_weights, local_env_runner=False, remote_worker_ids=ids,
+                                                timeout_seconds=self.weights_push_timeout_s))
+        wrong = sorted(i for i, d in answers.items() if d != want)
+        silent = sorted(set(group.healthy_env_runner_ids()) & set(ids) - set(answers))
+        if wrong or silent:
+            raise RuntimeError(
+                f"MAML: weight push to EnvRunners failed: runners {silent} did not confirm within "
+                f"{self.weights_push_timeout_s} s, runners {wrong} hold other weights than the Learner's"
+            )
+        return sorted(answers)
+
+    def restore_env_runners(self, env_runner_group):
+        """RLlib's restart of failed runners, then the Learner's weights pushed (and confirmed) to those runners."""
+        restored = super().restore_env_runners(env_runner_group)
+        if restored and env_runner_group is self.env_runner_group:
+            self.push_weights(runner_ids=restored)
+        return restored
+
+    def restore_from_path(self, path, *args, **kwargs):
+        """Verify the checkpoint's checksums (when it has a manifest), restore, then push θ to every runner.
+
+        Every restore goes through here: the run loop's ``--resume``, Tune's trial restart (``load_checkpoint``)
+        and ``Algorithm.from_checkpoint``.
+        """
+        checkpoint.verify_checksums(path, missing_ok=True)
+        try:
+            super().restore_from_path(path, *args, **kwargs)
+        except Exception as e:
+            named = checkpoint.diagnose_unreadable(path, e) if os.path.isdir(path) else None
+            if named is None:
+                raise
+            raise named from e
+        self.push_weights()
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """Tune's save (sweep trials): RLlib's, plus the checksum manifest of every file written."""
+        super().save_checkpoint(checkpoint_dir)
+        checkpoint.write_checksums(checkpoint_dir)
+
     # --- checkpoint: the task sampler's random state travels with the Algorithm --------------------------------
     def get_state(self, *args, **kwargs):
         state = super().get_state(*args, **kwargs)
@@ -159,3 +276,5 @@ class MAML(Algorithm):
         super().set_state(state)
         if "maml_task_rng" in state:
             self._task_rng.bit_generator.state = state["maml_task_rng"]
+        if COMPONENT_LEARNER_GROUP in state:  # RLlib's own sync here is fire-and-forget (see push_weights)
+            self.push_weights()

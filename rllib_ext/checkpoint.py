@@ -9,14 +9,26 @@ Layout (``checkpoints/`` inside a run folder)::
 A save goes to ``checkpoints/.tmp-checkpoint_<it>-<pid>/``, is renamed to its final name (``os.replace``, atomic on
 one file system) and only then is ``latest`` rewritten (temp file + ``os.replace``). A process killed at any point
 leaves ``latest`` naming a complete checkpoint; leftovers are ``.tmp-*`` folders, removed by ``clean_partial``.
+
+Checksums: every save (ours, and ``MAML.save_checkpoint`` for Tune's trial checkpoints) writes ``checksums.json``,
+the sha256 and size of every file of the checkpoint, before the checkpoint becomes visible. Every load verifies it
+(``verify_checksums``: ``resolve_checkpoint``, ``latest_checkpoint``, ``MAML.restore_from_path``) and names the
+file that differs. Checkpoints are pickles: checksums catch corruption, not tampering; load only your own.
+
+Fault injection (tests): ``METARL_FAULT_IN_SAVE=kill`` SIGKILLs the process inside ``save_checkpoint`` after the
+state is written and before it becomes visible (``=raise`` raises ``RuntimeError`` there instead).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +40,93 @@ _NAME = re.compile(r"^checkpoint_(\d{6,})$")
 #: files every complete ``Algorithm.save_to_path`` folder has
 _REQUIRED = ("rllib_checkpoint.json", "algorithm_state.pkl", "class_and_ctor_args.pkl")
 POLICY_SUBDIR = Path("learner_group", "learner", "rl_module", "default_policy")
+CHECKSUMS = "checksums.json"
+#: env var of the fault-injection hook inside ``save_checkpoint`` (tests): "kill" or "raise"
+FAULT_ENV = "METARL_FAULT_IN_SAVE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, incomplete, or of another task/structure (the message says which)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(ckpt: Path) -> list[str]:
+    return sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+
+
+def write_checksums(ckpt: str | os.PathLike) -> Path:
+    """Write ``<ckpt>/checksums.json``: {"sha256": {relpath: hex}, "bytes": {relpath: size}} of every file."""
+    ckpt = Path(ckpt)
+    files = _files(ckpt)
+    manifest = {"format": 1, "sha256": {f: _sha256(ckpt / f) for f in files},
+                "bytes": {f: (ckpt / f).stat().st_size for f in files}}
+    write_text_atomic(ckpt / CHECKSUMS, json.dumps(manifest, indent=1, sort_keys=True))
+    return ckpt / CHECKSUMS
+
+
+def verify_checksums(ckpt: str | os.PathLike, *, missing_ok: bool = True) -> bool:
+    """Compare every file listed in ``checksums.json`` with its recorded size and sha256.
+
+    Raises ``CheckpointError`` naming the first file that is missing, of another size or another content. A
+    checkpoint without a manifest (written before checksums existed, or not a local folder) is accepted with a
+    warning when ``missing_ok``. Files added later (Tune adds its own metadata) are not checked. True if verified.
+    """
+    ckpt = Path(ckpt)
+    manifest_path = ckpt / CHECKSUMS
+    if not manifest_path.is_file():
+        if not missing_ok:
+            raise CheckpointError(f"checkpoint {str(ckpt)!r} has no {CHECKSUMS}: its files cannot be verified")
+        if ckpt.is_dir():
+            logger.warning("checkpoint %s has no %s (written before checksums were recorded): not verified", ckpt,
+                           CHECKSUMS)
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        sums, sizes = manifest["sha256"], manifest["bytes"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint file {manifest_path} is corrupt ({type(e).__name__}: {e})") from e
+    for rel, digest in sorted(sums.items()):
+        f = ckpt / rel
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing (listed in {CHECKSUMS})")
+        if f.stat().st_size != sizes.get(rel):
+            raise CheckpointError(f"checkpoint file {f} is corrupt: {f.stat().st_size} bytes, {sizes.get(rel)} "
+                                  f"recorded at save time (truncated or overwritten)")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"checkpoint file {f} is corrupt: its sha256 differs from the one recorded at "
+                                  "save time")
+    return True
+
+
+def diagnose_unreadable(ckpt: str | os.PathLike, error: BaseException) -> CheckpointError | None:
+    """After a failed load: the first ``.pkl`` file of ``ckpt`` that does not unpickle, as a named error."""
+    ckpt = Path(ckpt)
+    for f in sorted(ckpt.rglob("*.pkl")):
+        if f.stat().st_size == 0:
+            return CheckpointError(f"checkpoint file {f} is empty (0 bytes): the checkpoint is corrupt")
+        try:
+            with open(f, "rb") as fh:
+                pickle.load(fh)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure names the file
+            return CheckpointError(f"checkpoint file {f} cannot be read ({type(e).__name__}: {e}): the checkpoint "
+                                   f"is corrupt or truncated (load failed with {type(error).__name__})")
+    return None
+
+
+def _fault_hook(stage: str) -> None:
+    what = os.environ.get(FAULT_ENV)
+    if what == "kill":
+        logger.warning("%s=kill: killing process %d %s", FAULT_ENV, os.getpid(), stage)
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif what == "raise":
+        raise RuntimeError(f"{FAULT_ENV}=raise: simulated failure {stage}")
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -89,6 +188,8 @@ def save_checkpoint(
     algo.save_to_path(str(tmp))
     if not is_complete(tmp):
         raise RuntimeError(f"checkpoint write of iteration {iteration} to {tmp} is incomplete; `latest` left as is")
+    write_checksums(tmp)
+    _fault_hook("inside save_checkpoint (state written, not yet visible)")
     if before_rename is not None:
         before_rename(tmp)
     final = ckpt_dir / name
@@ -113,7 +214,9 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     name = pointer.read_text(encoding="utf-8").strip()
     ckpt = pointer.parent / name
     if not _NAME.match(name) or not is_complete(ckpt):
-        raise ValueError(f"{pointer} names {name!r}, which is not a complete checkpoint folder in {pointer.parent}")
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint folder in "
+                              f"{pointer.parent}")
+    verify_checksums(ckpt)
     return ckpt
 
 
@@ -139,6 +242,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise ValueError(f"checkpoint path {str(p)!r} does not exist")
     if is_complete(p):
+        verify_checksums(p)
         return p
     if (p / CHECKPOINTS / LATEST).is_file():
         return latest_checkpoint(p)
@@ -146,7 +250,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         return latest_checkpoint(p.parent)
     if p.is_dir() and (p / "rllib_checkpoint.json").exists():
         missing = [f for f in (*_REQUIRED, str(POLICY_SUBDIR)) if not (p / f).exists()]
-        raise ValueError(f"checkpoint {str(p)!r} is incomplete or corrupt: missing {missing}")
+        raise CheckpointError(f"checkpoint {str(p)!r} is incomplete or corrupt: missing {missing}")
     raise ValueError(
         f"{str(p)!r} is not a checkpoint: expected a run folder with checkpoints/{LATEST}, or a folder written by "
         f"Algorithm.save_to_path (with {', '.join(_REQUIRED)})"
@@ -155,8 +259,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_config(ckpt: str | os.PathLike):
     """The ``MAMLConfig`` a checkpoint was written with (unpickles RLlib classes: imports Ray, no ``ray.init``)."""
-    import pickle
-
     from rllib_ext.config import MAMLConfig
 
     ckpt = resolve_checkpoint(ckpt)
@@ -165,5 +267,49 @@ def load_config(ckpt: str | os.PathLike):
             ctor = pickle.load(f)
         raw = ctor["ctor_args_and_kwargs"][0][0]
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"checkpoint {str(ckpt)!r}: cannot read its config from class_and_ctor_args.pkl: {e}") from e
+        raise CheckpointError(f"checkpoint file {ckpt / 'class_and_ctor_args.pkl'} cannot be read: its config is "
+                              f"lost ({type(e).__name__}: {e})") from e
     return raw if isinstance(raw, MAMLConfig) else MAMLConfig.from_dict(raw)
+
+
+def _shapes(state: dict) -> dict[str, tuple]:
+    return {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+
+
+def check_policy_fits(module, config, ckpt: str | os.PathLike) -> None:
+    """``CheckpointError`` in words when the policy weights of ``ckpt`` do not fit the model ``module`` of
+    ``config`` (the task's spaces, the backbone's parameter names and shapes): weights of another task/structure."""
+    from metarl import tasks
+
+    ckpt = Path(ckpt)
+    what = f"task {config.task!r}, backbone {config.backbone!r}, width {config.width}"
+    env = tasks.make(config.task, **config.task_options)
+    for name, space in (("observation", env.observation_space), ("action", env.action_space)):
+        mine = getattr(module, f"{name}_space", None)
+        if mine is not None and (mine.shape != space.shape or type(mine) is not type(space)):
+            raise CheckpointError(
+                f"checkpoint {str(ckpt)!r}: its policy was built for {name} space {mine}, but its config ({what}) "
+                f"has {space}: the policy comes from another task"
+            )
+    env.close()
+    state_file = ckpt / POLICY_SUBDIR / "module_state.pkl"
+    if not state_file.is_file():
+        return
+    try:
+        with open(state_file, "rb") as f:
+            stored = _shapes(pickle.load(f))
+    except Exception as e:  # noqa: BLE001 - a truncated/garbled pickle, whatever the exception
+        raise CheckpointError(f"checkpoint file {state_file} cannot be read ({type(e).__name__}: {e})") from e
+    need = _shapes(module.state_dict())
+    missing, extra = sorted(set(need) - set(stored)), sorted(set(stored) - set(need))
+    differ = [(k, stored[k], need[k]) for k in sorted(set(need) & set(stored)) if stored[k] != need[k]]
+    if missing or extra or differ:
+        detail = "; ".join(filter(None, [
+            f"parameters the model needs but the file lacks: {missing[:3]}" if missing else "",
+            f"parameters the model does not have: {extra[:3]}" if extra else "",
+            ", ".join(f"{k} is {a} in the file but {b} in the model" for k, a, b in differ[:3]),
+        ]))
+        raise CheckpointError(
+            f"checkpoint file {state_file} holds weights of another task or model structure than its config "
+            f"({what}): {detail}"
+        )

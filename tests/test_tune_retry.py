@@ -1,4 +1,6 @@
-"""A Tune trial that crashes is retried from its last checkpoint (FailureConfig) and continues its counters.
+"""A Tune trial that crashes is retried from its last checkpoint (FailureConfig) and continues its counters, with
+local sampling and with remote EnvRunners (which must act with the restored weights: returns and log-prob mismatch of
+the re-run iterations equal the reference's). Tune's checkpoints carry our checksum manifest and are verified.
 
 One Ray session for the module; the trial actors import ``CrashOnceCallback`` from this file (tests/ on their path).
 """
@@ -43,15 +45,19 @@ def ray_session():
 
 
 @pytest.mark.timeout(300)
-def test_failed_trial_resumes_from_its_checkpoint_with_counters_and_tasks(tmp_path):
+@pytest.mark.parametrize("num_env_runners", [0, 2])
+def test_failed_trial_resumes_from_its_checkpoint_with_counters_and_tasks(tmp_path, num_env_runners):
     from ray import tune
 
     from rllib_ext.algorithm import MAML
+    from rllib_ext.checkpoint import CHECKSUMS, verify_checksums
 
-    widths = matched_widths(backbones=["mlp"], task_names=[NAV], target_params=SIZE.target_params)
+    # 2 remote runners at 0.5 CPU each: driver + runners fit the module's 2 CPUs
+    size = with_size(SIZE, num_env_runners=num_env_runners, num_cpus_per_env_runner=0.5)
+    widths = matched_widths(backbones=["mlp"], task_names=[NAV], target_params=size.target_params)
     results = {}
     for name, crash in (("retry", True), ("reference", False)):
-        space = param_space(SIZE, backbones=["mlp"], task_names=[NAV], seeds=1, methods=["maml"], widths=widths)
+        space = param_space(size, backbones=["mlp"], task_names=[NAV], seeds=1, methods=["maml"], widths=widths)
         if crash:
             space["callbacks_class"] = CrashOnceCallback
             space["crash_marker"] = str(tmp_path / "crashed")
@@ -61,7 +67,7 @@ def test_failed_trial_resumes_from_its_checkpoint_with_counters_and_tasks(tmp_pa
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(tmp_path),
-                stop={"training_iteration": SIZE.iterations},
+                stop={"training_iteration": size.iterations},
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1),
                 failure_config=tune.FailureConfig(max_failures=1),
                 verbose=0,
@@ -79,6 +85,9 @@ def test_failed_trial_resumes_from_its_checkpoint_with_counters_and_tasks(tmp_pa
     ref = results["reference"].metrics
     assert final["adapt"]["return_step_0"] == pytest.approx(ref["adapt"]["return_step_0"], rel=1e-6)
     assert final["adapt"]["return_step_1"] == pytest.approx(ref["adapt"]["return_step_1"], rel=1e-6)
+    assert final["meta"]["logp_mismatch"] < 1e-4  # the runners sampled with the Learner's (restored) weights
+    ckpts = sorted(pathlib.Path(results["retry"].path).glob("checkpoint_*"))
+    assert ckpts and all((c / CHECKSUMS).is_file() and verify_checksums(c, missing_ok=False) for c in ckpts)
     with open(pathlib.Path(results["retry"].path) / "progress.csv", newline="") as f:
         iters = [int(r["training_iteration"]) for r in csv.DictReader(f)]
     assert iters[-1] == 3 and 1 in iters
