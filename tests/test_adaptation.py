@@ -74,14 +74,21 @@ def test_update_step_equals_reference_sgd(kind, clip):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
-def test_hidden_state_is_detached():
-    """A hidden state still attached to an earlier graph must neither receive gradients nor break the loop."""
+@pytest.mark.parametrize("steps", [1, 3])
+def test_hidden_state_is_detached(steps):
+    """A hidden state still attached to an earlier graph (back to x0 and to the weights) must not carry gradient into
+    the past: the update equals plain SGD from the same state detached. Attached, ∂loss/∂h · ∂h/∂θ would add to the
+    step (and a second step would backpropagate through the already-updated weights)."""
     torch.manual_seed(1)
     model = TinyGRU()
     x0 = torch.randn(2, 3, requires_grad=True)
     _, h = model(x0)  # h carries a graph back to x0 and to the weights
-    Adapter(model, AdaptationConfig(num_steps=3)).update_step(torch.randn(2, 3), torch.randn(2, 2), hidden_state=h)
-    assert x0.grad is None
+    x, y = torch.randn(2, 3), torch.randn(2, 2)
+    ref, losses = reference_sgd(model, x, y, h.detach(), lr=0.1, steps=steps)
+    loss, _ = Adapter(model, AdaptationConfig(learning_rate=0.1, num_steps=steps)).update_step(x, y, hidden_state=h)
+    assert loss == pytest.approx(losses[-1], rel=1e-12)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
 def test_adaptation_lowers_held_out_error():
