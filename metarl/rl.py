@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ class EpisodeBatch:
 
     ``obs`` (E, T, D); ``actions`` (E, T, A) or (E, T) for discrete; ``rewards``, ``mask``, ``logp`` (E, T).
     ``mask`` is 1 on real steps. ``logp`` is log π_old(a|s) of the policy that sampled the episode, and
-    ``weights_id`` names those weights: ``"<iteration>/<inner step k>"``.
+    ``weights_id`` names those weights: ``"<iteration>/<inner step k>"``. ``success`` (E,) is 1.0 where
+    ``info["success"]`` was truthy at any step of the episode, recorded only for envs that report success
+    (``metarl.sampler.env_reports_success``), else None; it is per episode, so ``tensors()`` leaves it out.
     """
 
     obs: np.ndarray
@@ -42,6 +44,7 @@ class EpisodeBatch:
     mask: np.ndarray
     logp: np.ndarray
     weights_id: str = ""
+    success: np.ndarray | None = field(default=None, metadata={"per_episode": True})
 
     @property
     def num_episodes(self) -> int:
@@ -55,10 +58,11 @@ class EpisodeBatch:
         return (self.rewards * self.mask).sum(axis=1)
 
     def tensors(self, dtype: torch.dtype = torch.float32, device="cpu") -> dict[str, torch.Tensor]:
+        """The (E, T, ...) arrays as tensors (floating ones in ``dtype``); per-episode fields are left out."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, np.ndarray):
+            if isinstance(v, np.ndarray) and not f.metadata.get("per_episode"):
                 t = torch.tensor(v, device=device)  # a copy: arrays from Ray's object store are read-only
                 out[f.name] = t.to(dtype) if t.is_floating_point() else t
         return out
@@ -131,11 +135,16 @@ def clipped_surrogate_loss(
     return -masked_mean(surr, mask)
 
 
+def gaussian_log_prob_of_noise(noise: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(μ + σ ε; μ, σ) = Σ_j (-ε_j²/2 - log σ_j - log(2π)/2), from the standard-normal noise ε (the one formula
+    of the Gaussian log-prob: the sampler uses it on the ε it drew, ``diag_gaussian_log_prob`` on ε = (a - μ)/σ)."""
+    return (-0.5 * noise * noise - log_std - 0.5 * np.log(2.0 * np.pi)).sum(-1)
+
+
 def diag_gaussian_log_prob(dist_inputs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log N(a; μ, σ) summed over action dims; ``dist_inputs`` = [μ, log σ] along the last dim (RLlib's layout)."""
     mean, log_std = dist_inputs.chunk(2, dim=-1)
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z * z - log_std - 0.5 * np.log(2.0 * np.pi)).sum(-1)
+    return gaussian_log_prob_of_noise((actions - mean) * torch.exp(-log_std), log_std)
 
 
 def categorical_log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -184,3 +193,59 @@ def outer_loss(
         adv = advantages(query, gamma=gamma, normalize=normalize_advantages)
     logp = log_prob_fn(adapted, query["obs"], query["actions"])
     return clipped_surrogate_loss(logp, query["logp"], adv, query["mask"], clip=clip), logp
+
+
+# --- the meta-gradient (what the Learner runs) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """One task's episodes as tensors for the meta-gradient, built once per meta-update (they do not depend on θ).
+
+    ``support``: one dict per inner step, ``query``: one dict; each is ``EpisodeBatch.tensors()`` plus
+    ``"advantages"`` (Â of those episodes).
+    """
+
+    support: tuple[dict[str, torch.Tensor], ...]
+    query: dict[str, torch.Tensor]
+
+
+def prepare_task(
+    support: Sequence[EpisodeBatch], query: EpisodeBatch, *, dtype: torch.dtype, device, gamma: float,
+    normalize_advantages: bool = True,
+) -> PreparedTask:
+    """Tensors and advantages of one task's episodes (new tensors: the batches are not touched)."""
+
+    def with_adv(batch: EpisodeBatch) -> dict[str, torch.Tensor]:
+        t = batch.tensors(dtype, device)
+        return {**t, "advantages": advantages(t, gamma=gamma, normalize=normalize_advantages)}
+
+    return PreparedTask(tuple(with_adv(b) for b in support), with_adv(query))
+
+
+def meta_gradient_loop(
+    log_prob_fn: LogProbFn,
+    params: dict[str, torch.Tensor],
+    tasks: Sequence[PreparedTask],
+    *,
+    num_tasks_total: int,
+    inner_lr: float,
+    gamma: float,
+    clip: float,
+    first_order: bool = False,
+) -> tuple[float, float]:
+    """Accumulate ∇θ Σ_tasks L_outer(θ_K,task(θ)) / num_tasks_total into ``.grad`` of ``params``, one task at a time.
+
+    Per task: θ_K = ``adapt_policy`` on its support episodes (differentiable, second order unless ``first_order``),
+    then the clipped surrogate on its query episodes, then one backward. The reference for any batched version.
+    Returns (mean outer loss over ``tasks``, max |log π_θK(a|s) - logp recorded while sampling| over real steps).
+    """
+    total, max_dlogp = 0.0, 0.0
+    for task in tasks:
+        adapted, _ = adapt_policy(log_prob_fn, params, task.support, lr=inner_lr, gamma=gamma, first_order=first_order)
+        loss, logp = outer_loss(log_prob_fn, adapted, task.query, gamma=gamma, clip=clip, adv=task.query["advantages"])
+        (loss / num_tasks_total).backward()
+        total += float(loss.detach())
+        dlogp = ((logp.detach() - task.query["logp"]).abs() * task.query["mask"]).max()
+        max_dlogp = max(max_dlogp, float(dlogp))
+    return total / max(len(tasks), 1), max_dlogp
