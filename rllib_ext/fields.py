@@ -63,6 +63,7 @@ class Field:
     none: str = ""
     builder: str = "meta"
     flag: str = ""
+    choices_doc: str = ""  # the choices in words, for README (where a registry's list would go stale)
 
     @property
     def option(self) -> str:
@@ -80,10 +81,10 @@ class Field:
             return json.dumps(self.default)
         return str(self.default)
 
-    def allowed(self) -> str:
-        """What the field accepts, in words (the end of every error message about it)."""
+    def allowed(self, *, doc: bool = False) -> str:
+        """What the field accepts, in words (the end of every error message about it; ``doc``: for README)."""
         if self.choices is not None:
-            text = f"one of {self.choices()}"
+            text = self.choices_doc if doc and self.choices_doc else f"one of {self.choices()}"
         elif self.kind in (bool, str, dict):
             text = {bool: "True or False (a bool, not a string or number)", str: "a string",
                     dict: "a dict of keyword arguments"}[self.kind]
@@ -106,13 +107,14 @@ def _meta(name, kind, default, help, **kw) -> Field:
 
 FIELDS: tuple[Field, ...] = (
     # --- the MAML fields, set with MAMLConfig.meta(...) ---
-    _meta("task", str, "halfcheetah-dir", "task family (metarl.tasks.names())", choices=tasks.names),
+    _meta("task", str, "halfcheetah-dir", "task family (metarl.tasks.names())", choices=tasks.names,
+          choices_doc="a name of metarl.tasks.names()"),
     _meta("task_options", dict, {}, "keyword arguments of the task family's constructor, e.g. "
           '{"velocity_range": [0, 3]} (checked against its signature; the episode length is `horizon`)'),
     _meta("horizon", int, None, "episode length: the TimeLimit of every env", lo=1,
           none="the task family's registered horizon"),
     _meta("backbone", str, "mlp", "policy backbone (metarl.models.available()); a top-level field so Tune can "
-          "grid-search it", choices=_backbones),
+          "grid-search it", choices=_backbones, choices_doc="a name of metarl.models.available()"),
     _meta("width", int, 64, "backbone width (hidden size)", lo=1),
     _meta("backbone_kwargs", dict, {}, "backbone-specific keyword arguments, e.g. "
           '{"num_layers": 3} (checked against the backbone\'s signature)'),
@@ -167,6 +169,15 @@ def meta_doc() -> str:
               + ", ".join(f"``{f.builder}({f.name}=...)`` ({f.shown_default()})" for f in FIELDS
                           if f.builder != "meta") + "."]
     return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """The table as README shows it (a test keeps README equal to this)."""
+    rows = ["| field | flag | default | meaning | allowed |", "|---|---|---|---|---|"]
+    for f in FIELDS:
+        setter = "" if f.builder == "meta" else f" (`.{f.builder}`)"
+        rows.append(f"| `{f.name}`{setter} | `{f.option}` | `{f.shown_default()}` | {f.help} | {f.allowed(doc=True)} |")
+    return "\n".join(rows)
 
 
 # --- checks ---------------------------------------------------------------------------------------------------------

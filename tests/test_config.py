@@ -32,7 +32,7 @@ def tiny() -> MAMLConfig:
 
 # --- the table of bad configs (Python API) ------------------------------------------------------------------------
 NAN, INF = float("nan"), float("inf")
-BAD_CONFIGS = [  # (change, what the message must name: "field = value")
+BAD_CONFIGS = [  # (change, what the message must name: "field = value", or a tuple of such parts)
     # bools are bools
     (lambda c: c.meta(first_order="no"), "first_order = 'no'"),
     (lambda c: c.meta(normalize_advantages="false"), "normalize_advantages = 'false'"),
@@ -67,10 +67,10 @@ BAD_CONFIGS = [  # (change, what the message must name: "field = value")
     (lambda c: c.meta(task="navigation-3d"), "task = 'navigation-3d'"),
     (lambda c: c.meta(backbone="resnet"), "backbone = 'resnet'"),
     # task options and backbone kwargs against their signatures
-    (lambda c: c.meta(task_options={"bogus": 1}), "task_options = {'bogus': 1}"),
+    (lambda c: c.meta(task_options={"bogus": 1}), ("task_options = {'bogus': 1}", "allowed: ['goal_tolerance'")),
     (lambda c: c.meta(task_options={"max_episode_steps": 5}), "task_options = {'max_episode_steps': 5}"),
     (lambda c: c.meta(task_options={"goal_tolerance": -1.0}), "task_options = {'goal_tolerance': -1.0}"),
-    (lambda c: c.meta(backbone_kwargs={"bogus": 1}), "backbone_kwargs = {'bogus': 1}"),
+    (lambda c: c.meta(backbone_kwargs={"bogus": 1}), ("backbone_kwargs = {'bogus': 1}", "allowed: ['use_fused']")),
     (lambda c: c.meta(backbone="transformer", backbone_kwargs={"bogus": 1}), "backbone_kwargs = {'bogus': 1}"),
     (lambda c: c.meta(backbone="transformer", width=10), "width = 10"),
     # sizes that cannot fit
@@ -86,12 +86,14 @@ GPU_CONFIGS = [  # GPUs asked for on a machine without CUDA (no Ray running: thi
 ]
 
 
-@pytest.mark.parametrize(("change", "named"), BAD_CONFIGS + (GPU_CONFIGS if NO_CUDA else []))
+@pytest.mark.parametrize(("change", "named"), BAD_CONFIGS + (GPU_CONFIGS if NO_CUDA else []),
+                         ids=lambda x: x if isinstance(x, str) else x[0] if isinstance(x, tuple) else "")
 def test_bad_config_is_refused_naming_field_and_value(change, named):
     cfg = change(tiny())
     with pytest.raises(ValueError) as e:
         cfg.validate()
-    assert named in str(e.value)
+    for part in (named,) if isinstance(named, str) else named:
+        assert part in str(e.value)
     assert re.search(r"allowed|must|invalid|needs?", str(e.value))  # and says what is allowed
 
 
@@ -157,7 +159,7 @@ BAD_FLAGS = [  # (extra argv of `metarl train`, what stderr must name)
     (["--task", "navigation-3d"], "task = 'navigation-3d'"),
     (["--episodes-per-task", "3"], "episodes_per_task = 3"),
     (["--max-seq-len", "5"], "max_seq_len = 5"),
-    (["--task-options", '{"bogus": 1}'], "task_options = {'bogus': 1}"),
+    (["--task-options", '{"bogus": 1}'], "task_options = {'bogus': 1} (flag --task-options) is invalid: unknown"),
     (["--task-options", '{"max_episode_steps": 5}'], "--horizon 5"),
     (["--backbone-kwargs", '{"bogus": 1}'], "backbone_kwargs = {'bogus': 1}"),
     (["--task-options", "goal_tolerance=1"], "--task-options: 'goal_tolerance=1' is not JSON"),  # argparse
@@ -189,7 +191,8 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(ray, "init", refuse)
 
 
-@pytest.mark.parametrize(("extra", "named"), BAD_FLAGS + (GPU_FLAGS if NO_CUDA else []))
+@pytest.mark.parametrize(("extra", "named"), BAD_FLAGS + (GPU_FLAGS if NO_CUDA else []),
+                         ids=lambda x: " ".join(x) if isinstance(x, list) else "")
 def test_bad_train_flag_exits_2_before_ray_naming_field_and_value(extra, named, tmp_path, capsys, no_ray):
     out = tmp_path / "run"
     rc, err = _cli(["train", *TINY, "--out", str(out), *extra], capsys)
@@ -309,3 +312,10 @@ def test_messages_say_what_is_allowed():
     assert fields.BY_NAME["horizon"].allowed() == "an integer >= 1, or None (the task family's registered horizon)"
     assert fields.BY_NAME["first_order"].allowed().startswith("True or False")
     assert math.isclose(fields.defaults()["lr"], 1e-3)
+
+
+def test_readme_shows_the_table():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert fields.markdown_table() in readme
