@@ -12,8 +12,9 @@ is already built; and one 500-step episode (random actions) for scale. A runner 
 then samples ``episodes_per_task`` (e.g. 10-20) whole episodes, so a switch costs well under one episode.
 
 What to expect (2-core AMD EPYC VM, mujoco 3.3.0, CPU): family construction ~10 s (ML10's goal sets) + ~0.25 s per
-class built; first switch to a class ~250 ms; later switches ~3 ms (same class) to ~3 ms (class already built);
-one 500-step episode ~110 ms. Debug in-process: ``from metaworld_switch import time_switches``.
+class built; first switch to a class ~140 ms; later switches ~9 ms, about the cost of the ``reset`` they include
+(Meta-World's reset moves the hand for 50 simulation steps), whether or not the class changes; one 500-step
+episode ~120 ms. Debug in-process: ``from metaworld_switch import time_switches``.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ def time_switches(env, repeats: int) -> dict[str, list[float]]:
         family.set_task(task)
         env.reset(seed=0)
 
-    out: dict[str, list[float]] = {"first task of a class (builds its env)": [], "another goal, same class": [],
-                                   "another class, env already built": []}
+    out: dict[str, list[float]] = {"first task of a class (builds its env)": [], "no switch (reset only)": [],
+                                   "another goal, same class": [], "another class, env already built": []}
     for goals in by_class.values():
         out["first task of a class (builds its env)"].append(cpu_ms(lambda g=goals: switch(g[0])))
     classes = list(by_class)
     for r in range(repeats):
         for c, goals in by_class.items():
+            out["no switch (reset only)"].append(cpu_ms(lambda: env.reset(seed=0)))
             out["another goal, same class"].append(cpu_ms(lambda g=goals, r=r: switch(g[1 + r % (len(g) - 1)])))
             other = by_class[classes[(classes.index(c) + 1) % len(classes)]]
             out["another class, env already built"].append(cpu_ms(lambda g=other: switch(g[0])))
