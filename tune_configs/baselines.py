@@ -69,16 +69,13 @@ SIZES: dict[str, SweepSize] = {
 
 def check_axes(*, backbones: list[str], task_names: list[str], seeds: int, methods: list[str]) -> None:
     """ValueError naming the argument, the bad value and what is allowed (called before Ray starts)."""
-    if not backbones:
-        raise ValueError(f"--backbones is empty; choose from {models.available()}")
-    bad = [b for b in backbones if b not in models.available()]
-    if bad:
-        raise ValueError(f"--backbones: unknown backbone(s) {bad}; available: {models.available()}")
-    if not task_names:
-        raise ValueError(f"--tasks is empty; choose from {tasks.names()}")
-    bad = [t for t in task_names if t not in tasks.names()]
-    if bad:
-        raise ValueError(f"--tasks: unknown task(s) {bad}; available: {tasks.names()}")
+    for axis, noun, values, known in (("--backbones", "backbone", backbones, models.available()),
+                                      ("--tasks", "task", task_names, tasks.names())):
+        if not values:
+            raise ValueError(f"{axis} is empty; choose from {known}")
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise ValueError(f"{axis}: unknown {noun}(s) {bad}; available: {known}")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"--seeds = {seeds!r}: the number of seeds per cell must be an integer >= 1")
     bad = [m for m in methods if m not in METHODS]
