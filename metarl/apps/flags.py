@@ -38,12 +38,12 @@ def _add_field(group, f: Field) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``benchmarks/run_mujoco.py`` and ``metarl train``: the run's, then one per config field."""
     run = parser.add_argument_group("run")
-    run.add_argument("--iterations", type=int, default=60, help="TOTAL meta-iterations (also under --resume)")
+    run.add_argument("--iterations", type=int, default=60, help="TOTAL meta-iterations, also under --resume (default: 60)")
     run.add_argument("--num-cpus", type=int, default=None,
                      help="CPUs of an embedded Ray, >= 1 (default: all of this machine's)")
-    run.add_argument("--out", default="runs/mujoco", help="run folder, or a URI such as s3://bucket/run, file:///x")
+    run.add_argument("--out", default="runs/mujoco", help="run folder, or a URI such as s3://bucket/run, file:///x (default: runs/mujoco)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest")
-    run.add_argument("--checkpoint-every", type=int, default=20, help="checkpoint every N iterations (and at the end)")
+    run.add_argument("--checkpoint-every", type=int, default=20, help="checkpoint every N iterations and at the end (default: 20)")
     meta = parser.add_argument_group("MAML (MAMLConfig.meta fields)")
     outer = parser.add_argument_group("outer loop, resources and seed (MAMLConfig's RLlib fields)")
     for f in FIELDS:
