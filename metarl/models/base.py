@@ -16,6 +16,9 @@ Shape checks here are cheap Python comparisons; nothing data-dependent (NaN chec
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 from torch import nn
 
@@ -23,6 +26,50 @@ from torch import nn
 State = torch.Tensor | dict[str, torch.Tensor]
 #: What ``state_shapes`` returns: the shape of the state tensor, or a dict of shapes.
 StateShapes = tuple[int, ...] | dict[str, tuple[int, ...]]
+
+
+_PLAIN_OPS = contextvars.ContextVar("metarl_models_plain_ops", default=False)
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Within this context every backbone computes with plain tensor ops (matmuls, elementwise): no fused RNN
+    kernels (``nn.GRU``/``nn.LSTM``, cuDNN). What ``torch.func.vmap`` over tasks and double backward on CUDA need;
+    the parameters and the numbers are the same (tested to 1e-12 in float64)."""
+    token = _PLAIN_OPS.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN_OPS.reset(token)
+
+
+def plain_ops_active() -> bool:
+    """True inside `plain_ops`."""
+    return _PLAIN_OPS.get()
+
+
+class _StackSteps(torch.autograd.Function):
+    """``torch.stack(steps, dim)`` whose backward is ONE ``unbind`` (torch.stack's is T ``select``s, whose own
+    backward allocates a full (B, T, ...) zero tensor per step: O(T²) in a double backward through time)."""
+
+    generate_vmap_rule = True  # the forward and backward are plain torch ops
+
+    @staticmethod
+    def forward(dim: int, *steps: torch.Tensor) -> torch.Tensor:
+        return torch.stack(steps, dim=dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.dim = inputs[0]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return None, *grad.unbind(dim=ctx.dim)  # differentiable: its backward is one stack
+
+
+def stack_steps(steps: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """T tensors (B, ...) -> (B, T, ...): ``torch.stack(steps, dim)`` with an O(T) backward of any order."""
+    return _StackSteps.apply(dim, *steps)
 
 
 def check_positive_int(name: str, value) -> int:
@@ -114,4 +161,4 @@ class Backbone(nn.Module):
         for x_t in x.unbind(dim=1):  # not x[:, t]: each slice's backward would fill a full-size zero tensor
             y, state = self._step(x_t, state)
             ys.append(y)
-        return torch.stack(ys, dim=1), state
+        return stack_steps(ys), state

@@ -3,9 +3,11 @@
 Two numerically equivalent paths share the SAME parameters (those of ``torch.nn.LSTM`` / ``torch.nn.GRU``):
 
 - fused: ``nn.LSTM`` / ``nn.GRU`` (fast on CPU, where their backward is differentiable again);
-- cell: the gate equations written out in torch (below), used whenever the input is not on the CPU or
-  ``use_fused`` is False. cuDNN's RNN kernels cannot double-backward, so on CUDA second-order MAML gradients
-  need this path.
+- cell: the gate equations written out as plain tensor ops (below), used whenever the input is not on the CPU,
+  ``use_fused`` is False, or inside ``metarl.models.plain_ops()``. cuDNN's RNN kernels cannot double-backward, so
+  on CUDA second-order MAML gradients need this path; ``torch.func.vmap`` over tasks needs it too (the fused CPU
+  kernel has no batching rule), which is why the batched meta-gradient (``metarl.meta_batch``) enters
+  ``plain_ops()``.
 
 LSTM (gate order i, f, g, o as in torch)::
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.models.base import Backbone, check_positive_int
+from metarl.models.base import Backbone, check_positive_int, plain_ops_active, stack_steps
 from metarl.models.registry import register
 
 
@@ -41,11 +43,11 @@ class _RNNBackbone(Backbone):
         self.head = nn.Linear(width, output_dim)
 
     def fused_for(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` goes through nn.LSTM/nn.GRU (CPU and ``use_fused``) or the explicit cell path."""
-        return self.use_fused and x.device.type == "cpu"
+        """Whether ``x`` goes through nn.LSTM/nn.GRU (CPU, ``use_fused``, not inside `plain_ops`) or the cell path."""
+        return self.use_fused and x.device.type == "cpu" and not plain_ops_active()
 
     def _input_gates(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)  # (..., G*H)
+        return F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)  # (..., G*H), all time steps at once
 
 
 class LSTMBackbone(_RNNBackbone):
@@ -56,11 +58,16 @@ class LSTMBackbone(_RNNBackbone):
     def state_shapes(self, batch_size: int) -> dict[str, tuple[int, int]]:
         return {"h": (batch_size, self.width), "c": (batch_size, self.width)}
 
+    def _input_gates(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0  # both biases enter the gates additively
+        return F.linear(x, self.rnn.weight_ih_l0, bias)  # (..., 4H), all time steps at once
+
     def _cell(self, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = gx + F.linear(h, self.rnn.weight_hh_l0, self.rnn.bias_hh_l0)  # (B, 4H)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        # few ops per step: the second-order meta-gradient differentiates each one three times
+        gates = torch.addmm(gx, h, self.rnn.weight_hh_l0.t())  # (B, 4H); gx holds both biases
+        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
+        c = torch.addcmul(f * c, i, torch.tanh(gates[..., 2 * self.width : 3 * self.width]))
+        return o * torch.tanh(c), c
 
     def _sequence(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         if self.fused_for(x):
@@ -72,7 +79,7 @@ class LSTMBackbone(_RNNBackbone):
         for gx_t in gx.unbind(dim=1):  # not gx[:, t]: each slice's backward fills a full (B, T, 4H) zero
             h, c = self._cell(gx_t, h, c)
             hs.append(h)
-        return self.head(torch.stack(hs, dim=1)), {"h": h, "c": c}
+        return self.head(stack_steps(hs)), {"h": h, "c": c}
 
     def _step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         if self.fused_for(x):
@@ -90,13 +97,12 @@ class GRUBackbone(_RNNBackbone):
         return (batch_size, self.width)
 
     def _cell(self, gx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        # few ops per step: the second-order meta-gradient differentiates each one three times
+        H = self.width
         gh = F.linear(h, self.rnn.weight_hh_l0, self.rnn.bias_hh_l0)  # (B, 3H)
-        xr, xz, xn = gx.chunk(3, dim=-1)
-        hr, hz, hn = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return n + z * (h - n)  # = (1 - z) n + z h
+        r, z = torch.sigmoid(gx[..., : 2 * H] + gh[..., : 2 * H]).chunk(2, dim=-1)
+        n = torch.tanh(torch.addcmul(gx[..., 2 * H :], r, gh[..., 2 * H :]))
+        return torch.lerp(n, h, z)  # = (1 - z) n + z h
 
     def _sequence(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused_for(x):
@@ -107,7 +113,7 @@ class GRUBackbone(_RNNBackbone):
         for gx_t in gx.unbind(dim=1):
             h = self._cell(gx_t, h)
             hs.append(h)
-        return self.head(torch.stack(hs, dim=1)), h
+        return self.head(stack_steps(hs)), h
 
     def _step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused_for(x):
