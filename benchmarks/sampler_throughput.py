@@ -1,4 +1,4 @@
-"""Env steps/s of the MAML sampler vs raw gymnasium and vs RLlib's stock EnvRunner, measured side by side.
+"""Env steps/s of the MAML sampler vs raw gymnasium, vs its previous version and vs RLlib's stock EnvRunner.
 
 How to run::
 
@@ -13,11 +13,15 @@ time would measure the neighbours):
 - ``raw``: one gymnasium env of the task (``metarl.tasks.make``: TimeLimit, OrderEnforcing, PassiveEnvChecker)
   stepped with pre-generated uniform actions, reset when an episode ends. The ceiling per core.
 - ``ours``: ``MAMLEnvRunner.sample_episodes`` (built in-process, ``num_env_runners=0``), whole episodes, the SSM
-  backbone acting, ``num_envs_per_env_runner`` sub-envs.
+  backbone acting, ``num_envs_per_env_runner`` sub-envs: the core sampler (``metarl.sampler``) acting with
+  parameters passed in (``functional_call``).
+- ``old``: a frozen copy of the sampler before it moved to ``metarl.sampler`` (one 155-line method calling the
+  module directly; ``old_sample_episodes`` below), same runner, same weights. It must give the same episodes (checked
+  once per env count), and ours must keep its speed: ours/raw >= 0.97 x old/raw.
 - ``stock``: RLlib's ``SingleAgentEnvRunner.sample(num_timesteps=...)`` with the same module class and weights
   (its default connector pipelines), same number of sub-envs.
 
-The three are interleaved ``--repeats`` times per env count; the medians and their ratios are printed. Then a
+The four are interleaved ``--repeats`` times per env count; the medians and their ratios are printed. Then a
 profile split at 32 envs (cProfile: physics = MuJoCo's C calls; env = task env + gymnasium wrappers + vector env
 in Python; connectors = RLlib's ConnectorV2 pipelines; module = the RLModule forward; loop = the rest of the
 sampler) and the module-forward share of our sampler timed in place without a profiler.
@@ -37,10 +41,15 @@ import pstats
 import statistics
 import time
 
+import gymnasium as gym
+import numpy as np
 import torch
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from metarl import tasks
+from metarl.policy_net import PolicyNet
+from metarl.rl import EpisodeBatch
+from metarl.sampler import derive_seed
 from rllib_ext.algorithm import MAMLConfig
 from rllib_ext.runner import MAMLEnvRunner
 
@@ -76,8 +85,143 @@ def time_raw(task: str, *, steps: int, seed: int = 0) -> float:
 
 def time_ours(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> float:
     t0 = time.process_time()
-    batch, _ = runner.sample_episodes(episodes, seed=seed)
+    batch = runner.sample_episodes(episodes, seed=seed)
     return batch.num_steps / (time.process_time() - t0)
+
+
+def time_old(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> float:
+    t0 = time.process_time()
+    batch = old_sample_episodes(runner, episodes, seed=seed)
+    return batch.num_steps / (time.process_time() - t0)
+
+
+def check_same_episodes(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> None:
+    """The frozen old sampler and ours give the same episodes for the same seed (else the comparison is moot)."""
+    new, old = runner.sample_episodes(episodes, seed=seed), old_sample_episodes(runner, episodes, seed=seed)
+    for f in ("obs", "actions", "rewards", "mask", "logp"):
+        if not np.array_equal(getattr(new, f), getattr(old, f)):
+            raise AssertionError(f"old and new samplers differ in {f}")
+
+
+@torch.inference_mode()
+def old_sample_episodes(runner: MAMLEnvRunner, num_episodes: int, *, seed: int) -> EpisodeBatch:  # noqa: C901
+    """FROZEN copy of ``MAMLEnvRunner.sample_episodes`` before the split into ``metarl.sampler`` (for speed
+    comparisons only; the module's forward is reached as ``runner.module.net``, which is what it called)."""
+    vec = runner.env.unwrapped
+    envs = vec.envs
+    n = len(envs)
+    env_seeds = [derive_seed(seed, 2, i) for i in range(n)]
+    quota = num_episodes // n
+    horizon = int(envs[0].spec.max_episode_steps)
+    module = runner.module.net
+    p0 = next(module.parameters())
+    dtype, device = p0.dtype, p0.device
+    space = vec.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    low = high = None
+    if not discrete and (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        low, high = (torch.as_tensor(b, dtype=dtype) for b in (space.low, space.high))
+    on_cpu = device.type == "cpu"
+    gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, 1))
+
+    max_iters = quota * (horizon + 1)
+    obs_dim = vec.single_observation_space.shape[0]
+    act_shape = () if discrete else tuple(space.shape)
+    obs_log = np.zeros((max_iters + 1, n, obs_dim), vec.single_observation_space.dtype)
+    act_log: list[torch.Tensor] = []
+    logp_log: list[torch.Tensor] = []
+    noise_log: list[torch.Tensor] = []
+    log_std_log: list[torch.Tensor] = []
+    rew_log = np.zeros((max_iters, n), np.float64)
+    rec_k: list[int] = []
+    rec_i: list[int] = []
+    rec_ep: list[int] = []
+    rec_t: list[int] = []
+
+    for i, env in enumerate(envs):
+        obs_log[0, i], _ = env.reset(seed=int(env_seeds[i]))
+    init_state = module.initial_state(n)
+    state = init_state
+    ep = [0] * n
+    t = [0] * n
+    pending = [False] * n
+    active = [True] * n
+    num_active = n
+    k = 0
+    while num_active:
+        obs_t = torch.from_numpy(obs_log[k]).to(dtype=dtype, device=device)
+        y, state = module(obs_t, state)
+        if not on_cpu:
+            y = y.cpu()
+        if discrete:
+            logits = torch.log_softmax(y, -1)
+            action = torch.multinomial(logits.exp(), 1, generator=gen).squeeze(-1)
+            logp_log.append(logits.gather(-1, action.unsqueeze(-1)).squeeze(-1))
+            env_action = action.numpy()
+        else:
+            mean, log_std = y.chunk(2, dim=-1)
+            noise = torch.randn(mean.shape, generator=gen, dtype=mean.dtype)
+            action = mean + noise * log_std.exp()
+            noise_log.append(noise)
+            log_std_log.append(log_std)
+            env_action = (action if low is None else torch.clamp(action, low, high)).numpy()
+        act_log.append(action)
+        next_obs, rew = obs_log[k + 1], rew_log[k]
+        fresh = []
+        for i, env in enumerate(envs):
+            if pending[i]:
+                pending[i] = False
+                next_obs[i], _ = env.reset()
+                fresh.append(i)
+            elif active[i]:
+                next_obs[i], rew[i], term, trunc, _ = env.step(env_action[i])
+                rec_k.append(k)
+                rec_i.append(i)
+                rec_ep.append(ep[i])
+                rec_t.append(t[i])
+                if term or trunc:
+                    ep[i] += 1
+                    t[i] = 0
+                    if ep[i] < quota:
+                        pending[i] = True
+                    else:
+                        active[i] = False
+                        num_active -= 1
+                else:
+                    t[i] += 1
+        if fresh:
+            f = torch.zeros(n, dtype=torch.bool, device=device)
+            f[fresh] = True
+            state = {
+                key: torch.where(f.view(-1, *([1] * (v.dim() - 1))), init_state[key], v)
+                for key, v in state.items()
+            }
+        k += 1
+
+    fdt = np.float64 if dtype == torch.float64 else np.float32
+    if discrete:
+        logp_all = torch.stack(logp_log)
+    else:
+        noise, log_std = torch.stack(noise_log), torch.stack(log_std_log)
+        logp_all = (-0.5 * noise * noise - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+    kk, ii, ee, tt = (np.asarray(x, np.int64) for x in (rec_k, rec_i, rec_ep, rec_t))
+    obs_buf = np.zeros((n, quota, horizon, obs_dim), fdt)
+    act_buf = np.zeros((n, quota, horizon, *act_shape), np.int64 if discrete else fdt)
+    rew_buf = np.zeros((n, quota, horizon), fdt)
+    logp_buf = np.zeros((n, quota, horizon), fdt)
+    mask_buf = np.zeros((n, quota, horizon), fdt)
+    obs_buf[ii, ee, tt] = obs_log[kk, ii].astype(fdt)
+    act_buf[ii, ee, tt] = torch.stack(act_log).numpy()[kk, ii]
+    rew_buf[ii, ee, tt] = rew_log[kk, ii]
+    logp_buf[ii, ee, tt] = logp_all.numpy()[kk, ii]
+    mask_buf[ii, ee, tt] = 1.0
+    return EpisodeBatch(
+        obs=obs_buf.reshape(n * quota, horizon, obs_dim),
+        actions=act_buf.reshape(n * quota, horizon, *act_shape),
+        rewards=rew_buf.reshape(n * quota, horizon),
+        mask=mask_buf.reshape(n * quota, horizon),
+        logp=logp_buf.reshape(n * quota, horizon),
+    )
 
 
 def time_stock(runner: SingleAgentEnvRunner, *, steps: int) -> float:
@@ -97,12 +241,19 @@ def measure(args, num_envs: int, horizon: int) -> dict:
     stock_runner.module.set_state(ours_runner.module.get_state())  # same weights
     stock_steps = episodes * horizon
     time_ours(ours_runner, episodes=num_envs, seed=0)  # warm-up (first-call allocations, lazy imports)
-    time_stock(stock_runner, steps=min(stock_steps, 4 * num_envs))
-    rates = {"raw": [], "ours": [], "stock": []}
+    check_same_episodes(ours_runner, episodes=num_envs, seed=0)
+    if not args.no_stock:
+        time_stock(stock_runner, steps=min(stock_steps, 4 * num_envs))
+    rates = {"raw": [], "ours": [], "old": [], "stock": []}
     for r in range(args.repeats):
         rates["raw"].append(time_raw(args.task, steps=max(args.min_steps, 2000), seed=r))
-        rates["ours"].append(time_ours(ours_runner, episodes=episodes, seed=r + 1))
-        rates["stock"].append(time_stock(stock_runner, steps=stock_steps))
+        first, second = (time_ours, time_old) if r % 2 == 0 else (time_old, time_ours)  # alternate the order
+        for fn in (first, second):
+            rates["ours" if fn is time_ours else "old"].append(fn(ours_runner, episodes=episodes, seed=r + 1))
+        if not args.no_stock:
+            rates["stock"].append(time_stock(stock_runner, steps=stock_steps))
+        else:
+            rates["stock"].append(float("nan"))
     ours_runner.stop()
     stock_runner.stop()
     return {k: statistics.median(v) for k, v in rates.items()}
@@ -153,13 +304,13 @@ def profile_split(args, num_envs: int, horizon: int) -> dict:
         if kind == "ours":  # sample_episodes calls the outermost wrapper of each sub-env and the module
             top = type(runner.env.unwrapped.envs[0])
             env_calls = {_code_key(top.step), _code_key(top.reset)}
-            module_calls = {_code_key(type(runner.module).dist_inputs)}
+            module_calls = {_code_key(PolicyNet.forward)}
         else:  # the stock runner steps the vector env through these two and calls forward_exploration
             env_calls = {_code_key(SingleAgentEnvRunner._try_env_step), _code_key(SingleAgentEnvRunner._try_env_reset)}
             module_calls = {_code_key(type(runner.module).forward_exploration)}
         out[kind] = categorize(stats, total=stats.total_tt, env_calls=env_calls, module_calls=module_calls)
         if kind == "ours":  # the module forward timed in place, without the profiler's overhead
-            inner = runner.module.dist_inputs
+            inner = runner.module.net.forward
             spent = [0.0]
 
             def timed(*a, _inner=inner, _spent=spent, **k):
@@ -168,11 +319,11 @@ def profile_split(args, num_envs: int, horizon: int) -> dict:
                 _spent[0] += time.process_time() - t0
                 return res
 
-            runner.module.dist_inputs = timed
+            runner.module.net.forward = timed
             t0 = time.process_time()
             run()
             out["ours_module_share_unprofiled"] = spent[0] / (time.process_time() - t0)
-            del runner.module.dist_inputs
+            del runner.module.net.forward
         runner.stop()
     return out
 
@@ -188,6 +339,7 @@ def main() -> None:
     p.add_argument("--profile-envs", type=int, default=32)
     p.add_argument("--profile-only", action="store_true")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--no-stock", action="store_true", help="skip RLlib's stock runner (ours vs old vs raw only)")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -201,10 +353,12 @@ def main() -> None:
           f"torch threads 1, CPU {os.sched_getaffinity(0) if hasattr(os, 'sched_getaffinity') else '?'}; "
           f"env steps per CPU-second, median of {args.repeats}")
     if not args.profile_only:
-        print(f"{'envs':>5} {'raw':>8} {'ours':>8} {'stock':>8} {'ours/raw':>9} {'stock/raw':>10} {'ours/stock':>11}")
+        print(f"{'envs':>5} {'raw':>8} {'ours':>8} {'old':>8} {'stock':>8} {'ours/raw':>9} {'old/raw':>8} "
+              f"{'ours/old':>9} {'stock/raw':>10} {'ours/stock':>11}")
         for n in args.num_envs:
             m = measure(args, n, horizon)
-            print(f"{n:>5} {m['raw']:>8.0f} {m['ours']:>8.0f} {m['stock']:>8.0f} {m['ours'] / m['raw']:>9.3f} "
+            print(f"{n:>5} {m['raw']:>8.0f} {m['ours']:>8.0f} {m['old']:>8.0f} {m['stock']:>8.0f} "
+                  f"{m['ours'] / m['raw']:>9.3f} {m['old'] / m['raw']:>8.3f} {m['ours'] / m['old']:>9.3f} "
                   f"{m['stock'] / m['raw']:>10.3f} {m['ours'] / m['stock']:>11.2f}", flush=True)
     if not args.no_profile:
         split = profile_split(args, args.profile_envs, horizon)

@@ -4,7 +4,7 @@ One meta-iteration (``MAML.training_step``)::
 
     tasks  = sample meta_batch_size tasks (seeded sampler; its state is checkpointed)
     runner r, for each of its tasks (MAMLEnvRunner.run_task, no weight round-trip to the driver):
-        support_0 ~ π(θ); θ_1 = θ - α∇L_inner; ... ; query ~ π(θ_K); restore θ
+        support_0 ~ π(θ); θ_1 = θ - α∇L_inner; ... ; query ~ π(θ_K)   (θ_k in a dict: the module keeps θ)
     learners: θ <- Adam step(s) on Σ_tasks L_outer(θ_K(θ)) (MAMLLearner.meta_update), shards all-reduced
     runners  <- θ
 
@@ -27,7 +27,8 @@ from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LI
 from metarl import tasks
 from rllib_ext import checkpoint
 from rllib_ext.config import META_DEFAULTS, MAMLConfig, gym_env_id
-from rllib_ext.runner import TaskJob
+from rllib_ext.jobs import TaskJob, TaskResult, iteration_metrics, reduce_learner_metrics
+from rllib_ext.rllib_internals import call_each_learner, local_learner
 
 __all__ = ["MAML", "MAMLConfig", "META_DEFAULTS", "gym_env_id"]
 
@@ -97,7 +98,8 @@ class MAML(Algorithm):
         task_list = self._task_env.sample_tasks(cfg.meta_batch_size, seed=int(self._task_rng.integers(2**31)))
         self.last_tasks = task_list  # the meta-batch of the latest iteration (recorded by the run loop)
         jobs = [
-            TaskJob(task=t, task_index=i, iteration=iteration, seed=int(self._task_rng.integers(2**31)))
+            TaskJob(task=t, task_index=i, iteration=iteration, seed=int(self._task_rng.integers(2**31)),
+                    inner_steps=cfg.inner_steps, episodes_per_task=cfg.episodes_per_task)
             for i, t in enumerate(task_list)
         ]
         t0 = time.perf_counter()
@@ -109,15 +111,15 @@ class MAML(Algorithm):
         self.push_weights()
         self._log_iteration(results, learner_metrics, t_sample=t_sample, t_update=t_update)
 
-    def run_jobs(self, jobs: list[TaskJob]) -> list[dict]:
+    def run_jobs(self, jobs: list[TaskJob]) -> list[TaskResult]:
         """Run every job on the runners; re-run the jobs of dead runners. Never drops a task silently."""
         group = self.env_runner_group
-        done: dict[int, dict] = {}
+        done: dict[int, TaskResult] = {}
         todo = list(jobs)
         for attempt in range(self.config.max_task_retries + 1):
             if group.num_remote_env_runners() == 0:
                 for r in group.local_env_runner.run_tasks(todo):
-                    done[r["task_index"]] = r
+                    done[r.task_index] = r
             else:
                 if attempt > 0 or not group.healthy_env_runner_ids():
                     self._wait_for_runners()
@@ -127,7 +129,7 @@ class MAML(Algorithm):
                 fns = [lambda er, s=s: er.run_tasks(s) for s in shares]
                 for out in group.foreach_env_runner(fns, local_env_runner=False, remote_worker_ids=list(ids)):
                     for r in out:
-                        done[r["task_index"]] = r
+                        done[r.task_index] = r
             todo = [j for j in jobs if j.task_index not in done]
             if not todo:
                 return [done[j.task_index] for j in jobs]
@@ -154,43 +156,29 @@ class MAML(Algorithm):
                 raise RuntimeError("MAML: no healthy EnvRunner came back to sample the remaining tasks")
             time.sleep(1.0)
 
-    def meta_update(self, results: list[dict]) -> dict:
+    def meta_update(self, results: list[TaskResult]) -> dict:
+        """The Learners' meta-update on the meta-batch; metrics reduced over Learners (``reduce_learner_metrics``)."""
         n = len(results)
         group = self.learner_group
         if group.is_local:
-            return group._learner.meta_update(results, num_tasks_total=n)
-        # one shard per Learner (by task); LearnerGroup.foreach_learner sends the SAME function to all of them,
-        # so the per-actor call goes through its actor manager
-        k = len(group)
+            return local_learner(group).meta_update(results, num_tasks_total=n)
+        k = len(group)  # one shard per Learner (by task)
         shards = [results[i * n // k : (i + 1) * n // k] for i in range(k)]
-        refs = group._worker_manager.foreach_actor(
-            [lambda lr, s=s: lr.meta_update(s, num_tasks_total=n) for s in shards]
-        )
-        out = [r.get() for r in refs]
-        return out[0]
+        per_learner = call_each_learner(group, [lambda lr, s=s: lr.meta_update(s, num_tasks_total=n) for s in shards])
+        return reduce_learner_metrics(per_learner)
 
     # --- metrics ----------------------------------------------------------------------------------------------
     def _log_iteration(self, results, learner_metrics, *, t_sample: float, t_update: float) -> None:
         m = self.metrics
-        returns = np.array([r["returns"] for r in results])  # (tasks, K+1)
-        for k in range(returns.shape[1]):
-            m.log_value(("adapt", f"return_step_{k}"), float(returns[:, k].mean()), window=1)
-        m.log_value(("adapt", "return_post"), float(returns[:, -1].mean()), window=1)
-        m.log_value(("adapt", "gain"), float(returns[:, -1].mean() - returns[:, 0].mean()), window=1)
-        m.log_value(("adapt", "return_post_std_tasks"), float(returns[:, -1].std()), window=1)
-        losses = [x for r in results for x in r["inner_losses"]]
-        if losses:
-            m.log_value(("inner", "loss"), float(np.mean(losses)), window=1)
+        values = iteration_metrics(results)
+        for key, v in values.items():
+            m.log_value(tuple(key.split("/")), v, window=1)
         for key, v in learner_metrics.items():
             m.log_value(("meta", key), float(v), window=1)
-        steps = int(sum(r["env_steps"] for r in results))
-        m.log_value(("env_steps", "this_iter"), steps, window=1)
-        m.log_value(("env_steps", "discarded_this_iter"), int(sum(r["discarded_steps"] for r in results)), window=1)
+        steps = values["env_steps/this_iter"]
         m.log_value(("env_steps", "lifetime"), steps, reduce="lifetime_sum")
         m.log_value((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), steps, reduce="lifetime_sum")
         m.log_value(("time", "sample_and_adapt_s"), t_sample, window=1)
-        m.log_value(("time", "runner_sampling_s"), float(sum(r["time_sample_s"] for r in results)), window=1)
-        m.log_value(("time", "runner_adapting_s"), float(sum(r["time_adapt_s"] for r in results)), window=1)
         m.log_value(("time", "meta_update_s"), t_update, window=1)
         m.log_value(("tasks", "retried_lifetime"), self._retried_tasks, window=1)
 

@@ -85,7 +85,7 @@ def test_load_policy_acts_and_adapts_like_a_hand_written_inner_step(run_dir):
     assert a.shape == env.action_space.shape and set(state) == {"h"}
     mean, _ = policy.act(np.stack([obs, obs]), explore=False)
     with torch.no_grad():
-        y, _ = policy.module.dist_inputs(torch.as_tensor(obs[None], dtype=torch.float32))
+        y, _ = policy.net(torch.as_tensor(obs[None], dtype=torch.float32))
     np.testing.assert_allclose(mean, y[:, :2].expand(2, 2).numpy(), rtol=1e-5, atol=1e-7)
 
     support = policy.sample_episodes(env, 4, seed=0)
@@ -94,7 +94,8 @@ def test_load_policy_acts_and_adapts_like_a_hand_written_inner_step(run_dir):
     # oracle: θ' = θ - α ∇θ L_inner through the module's own log_prob (not functional_call)
     batch = support.tensors(torch.float32)
     adv = advantages(batch, gamma=policy.gamma)
-    loss = vpg_loss(policy.module.log_prob(batch["obs"], batch["actions"]), adv, batch["mask"])
+    net = policy.net
+    loss = vpg_loss(net.dist_log_prob(net(batch["obs"])[0], batch["actions"]), adv, batch["mask"])
     names = list(theta)
     grads = torch.autograd.grad(loss, [policy.params[n] for n in names], allow_unused=True)
     want = {n: theta[n] - policy.inner_lr * (g if g is not None else 0) for n, g in zip(names, grads)}
@@ -103,11 +104,18 @@ def test_load_policy_acts_and_adapts_like_a_hand_written_inner_step(run_dir):
     for n in names:
         torch.testing.assert_close(policy.params[n].detach(), want[n], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(policy.params[n].detach(), theta[n]) for n in names)
+    # θ' lives in the policy, not in the module: the module keeps θ; the policy acts with θ'
+    for n, p in net.named_parameters():
+        assert torch.equal(p.detach(), theta[n]), n
+    with torch.no_grad():
+        y_adapted, _ = torch.func.functional_call(net, policy.params, (torch.as_tensor(obs[None]),))
+    np.testing.assert_allclose(policy.act(obs, explore=False)[0], y_adapted[0, :2].numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(policy.act(obs, explore=False)[0], mean[0])
     # ... and it is exactly metarl.rl.adapt_policy (what the EnvRunner runs)
-    from rllib_ext.module import functional_log_prob
+    from metarl.policy_net import functional_log_prob
 
     theta_t = {n: v.clone().requires_grad_() for n, v in theta.items()}
-    direct, _ = adapt_policy(lambda p, o, a: functional_log_prob(policy.module, p, o, a), theta_t, [batch],
+    direct, _ = adapt_policy(lambda p, o, a: functional_log_prob(net, p, o, a)[0], theta_t, [batch],
                              lr=policy.inner_lr, gamma=policy.gamma, first_order=True)
     for n in names:
         torch.testing.assert_close(policy.params[n].detach(), direct[n].detach())

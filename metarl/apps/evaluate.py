@@ -5,10 +5,10 @@ stochastic policy::
 
     support_0 ~ π(θ)  (K episodes);  θ_1 = θ - α ∇ L_inner(θ; support_0);  support_1 ~ π(θ_1);  ...  up to θ_N
 
-which is exactly the EnvRunner's ``run_task`` (built here in-process: no Ray cluster) with ``inner_steps = N`` and
-``episodes_per_task = K``. Reported per step k = 0..N: the mean return over tasks x episodes, its standard error
-over tasks, the spread (std) over tasks and over episodes, and the env steps spent up to and including step k
-(k = 0: before any adaptation). Example::
+which is exactly the EnvRunner's ``run_task`` (built here in-process: no Ray cluster) on a ``TaskJob`` with
+``inner_steps = N`` and ``episodes_per_task = K``. Reported per step k = 0..N: the mean return over tasks x
+episodes, its standard error over tasks, the spread (std) over tasks and over episodes, and the env steps spent
+up to and including step k (k = 0: before any adaptation). Example::
 
     metarl evaluate --checkpoint runs/hc --adapt-steps 3 --episodes 20 --out eval.json
 """
@@ -48,8 +48,10 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
              inner_lr: float | None = None, test_seed: int = 1, seed: int = 0) -> dict:
     """Adapt on each test task; returns {"steps": [per-k summary], "per_task": [...], "provenance": ...}."""
     from metarl import tasks
+    from metarl.sampler import derive_seed
     from rllib_ext.checkpoint import POLICY_SUBDIR, load_config, resolve_checkpoint
-    from rllib_ext.runner import MAMLEnvRunner, TaskJob, _derive_seed
+    from rllib_ext.jobs import TaskJob
+    from rllib_ext.runner import MAMLEnvRunner
 
     for name, v, lo in (("adapt_steps", adapt_steps, 0), ("episodes", episodes, 1), ("num_tasks", num_tasks, 1)):
         if not isinstance(v, int) or v < lo:
@@ -59,7 +61,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
         raise ValueError(f"evaluate(): num_envs = {num_envs} must divide episodes = {episodes}")
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_config(ckpt).copy(copy_frozen=False)
-    cfg.meta(inner_steps=adapt_steps, episodes_per_task=episodes)
+    cfg.meta(inner_steps=adapt_steps, episodes_per_task=episodes)  # what runs (the jobs carry it), as recorded
     if inner_lr is not None:
         cfg.meta(inner_lr=inner_lr)
     cfg.env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs)
@@ -70,8 +72,9 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
         runner.module.restore_from_path(str((ckpt / POLICY_SUBDIR).resolve()))
         per_task = []
         for i, task in enumerate(test_tasks):
-            out = runner.run_task(TaskJob(task=task, task_index=i, iteration=-1, seed=_derive_seed(seed, i)))
-            batches = [*out["support"], out["query"]]
+            out = runner.run_task(TaskJob(task=task, task_index=i, iteration=-1, seed=derive_seed(seed, i),
+                                          inner_steps=adapt_steps, episodes_per_task=episodes))
+            batches = out.batches
             per_task.append({
                 "task": np.asarray(task.as_array()).tolist(),
                 "returns": [b.episode_returns().tolist() for b in batches],  # [k][episode]
