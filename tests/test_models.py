@@ -187,6 +187,48 @@ def test_second_order_grads_through_cell_path_match_fused(name):
         assert torch.allclose(g_cell, g_fused, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", models.available())
+def test_plain_ops_vmap_over_tasks_equals_each_task_alone(name):
+    """Inside ``plain_ops()`` every backbone vmaps over a task axis (parameters AND inputs batched), equal to the
+    per-task calls (fused kernels for lstm/gru) to 1e-12: what the batched meta-gradient relies on."""
+    model = _small(name)
+    torch.manual_seed(7)
+    params = dict(model.named_parameters())
+    tasks = 3
+    batched = {k: v + 0.01 * torch.randn(tasks, *v.shape, dtype=v.dtype) for k, v in params.items()}
+    x = torch.randn(tasks, 2, 6, D_IN, dtype=torch.float64)
+    with models.plain_ops():
+        assert models.plain_ops_active()
+        if hasattr(model, "fused_for"):
+            assert not model.fused_for(x[0])
+        y = torch.vmap(lambda p, xi: functional_call(model, p, (xi,))[0])(batched, x)
+    assert not models.plain_ops_active()
+    for i in range(tasks):
+        y_i, _ = functional_call(model, {k: v[i] for k, v in batched.items()}, (x[i],))
+        assert torch.allclose(y[i], y_i, atol=1e-12, rtol=0), i
+
+
+def test_stack_steps_equals_torch_stack_to_second_order():
+    """``stack_steps`` (an O(T) backward of any order) has torch.stack's value, gradient and second derivative."""
+    torch.manual_seed(8)
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+
+    def rollout(stack):
+        h, hs = torch.zeros(3, 4, dtype=torch.float64), []
+        for x_t in x.unbind(1):
+            h = torch.tanh(x_t + h @ w)
+            hs.append(h)
+        out = stack(hs)  # (3, 5, 4)
+        (g,) = torch.autograd.grad((out * torch.arange(5.0, dtype=out.dtype)[:, None]).pow(2).sum(), w,
+                                   create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), w)
+        return out, g, gg
+
+    for a, b in zip(rollout(models.stack_steps), rollout(lambda hs: torch.stack(hs, dim=1))):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------- MLP
 def test_mlp_matches_the_formula():
     m = _small("mlp", num_layers=2, activation="tanh")

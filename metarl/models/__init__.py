@@ -10,7 +10,7 @@ See ``base.py`` for the contract and ``registry.py`` for ``build`` / ``build_mat
 registers the built-in backbones (that is its only side effect); it never imports Ray.
 """
 
-from metarl.models.base import Backbone, State, plain_ops, plain_ops_active
+from metarl.models.base import Backbone, State, plain_ops, plain_ops_active, stack_steps
 from metarl.models.lru import LRUBackbone, LRULayer
 from metarl.models.mlp import MLPBackbone
 from metarl.models.registry import available, build, build_matched, num_params, register
@@ -35,4 +35,5 @@ __all__ = [
     "plain_ops",
     "plain_ops_active",
     "register",
+    "stack_steps",
 ]
