@@ -219,3 +219,32 @@ def test_one_maml_iteration_on_ml1_reach_with_a_gru(ray_session):
         assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), before)), "θ must move"
     finally:
         algo.stop()
+
+
+# ---- success in `metarl evaluate` and `metarl report`: rates = hand counts of successful episodes -------------------
+def test_evaluate_and_report_success_rates_are_hand_counts():
+    from metarl.apps.evaluate import format_table, success_summary
+    from metarl.apps.report import Trial, markdown_table, summarize
+
+    per_task = [{"success": [[0, 0, 1, 0], [1, 1, 1, 0]]}, {"success": [[0, 0, 0, 0], [1, 0, 1, 0]]},
+                {"success": [[1, 0, 0, 0], [1, 1, 1, 1]]}]
+    before, after = success_summary(per_task, 0), success_summary(per_task, 1)
+    assert before["success_rate"] == pytest.approx(2 / 12) and after["success_rate"] == pytest.approx(9 / 12)
+    rates = np.array([2, 3, 4]) / 4  # per task after one step; sem over tasks by hand
+    assert after["success_sem_tasks"] == pytest.approx(np.std(rates, ddof=1) / np.sqrt(3))
+    assert success_summary([{"success": None}], 0) == {}  # families without success: no columns
+    steps = [{"k": k, "return_mean": 1.0, "return_sem_tasks": 0.0, "return_std_tasks": 0.0,
+              "return_std_episodes": 0.0, "env_steps": 8, "env_steps_cumulative": 8 * (k + 1), **s}
+             for k, s in enumerate((before, after))]
+    table = format_table({"task": "metaworld-ml1-reach", "num_tasks": 3, "episodes": 4, "inner_lr": 0.1,
+                          "checkpoint": "c", "steps": steps})
+    assert "success ± sem" in table and "16.7%" in table and "75.0%" in table
+
+    def trial(name, seed, s0, s1):
+        params = {"task": "metaworld-ml1-reach", "backbone": "gru", "inner_steps": 1, "seed": seed}
+        return Trial(name, params, [{"adapt/return_step_0": 0.0, "adapt/return_step_1": 1.0,
+                                     "adapt/success_step_0": s0, "adapt/success_step_1": s1}])
+
+    cells = summarize([trial("a", 0, 0.1, 0.5), trial("b", 1, 0.3, 0.7)])
+    assert cells[0]["success_step_1"] == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1)))
+    assert "20.0 ± 14.1% → 60.0 ± 14.1%" in markdown_table(cells)
