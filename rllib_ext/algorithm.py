@@ -89,6 +89,7 @@ class MAML(Algorithm):
         self._task_rng = np.random.default_rng(seed)
         self.last_tasks: list = []
         self._retried_tasks = 0  # tasks re-run after a runner failure (lifetime of this Algorithm object)
+        self._runner_nodes: dict[int, str] = {}  # EnvRunner index -> Ray node id it last ran tasks on (named if lost)
         self.push_weights()
 
     # --- one meta-iteration --------------------------------------------------------------------------------------
@@ -126,8 +127,10 @@ class MAML(Algorithm):
                 ids = group.healthy_env_runner_ids()
                 shares = [todo[i :: len(ids)] for i in range(len(ids))]
                 ids, shares = zip(*[(i, s) for i, s in zip(ids, shares) if s])
-                fns = [lambda er, s=s: er.run_tasks(s) for s in shares]
-                for out in group.foreach_env_runner(fns, local_env_runner=False, remote_worker_ids=list(ids)):
+                fns = [lambda er, s=s: (er.worker_index, _node_id(), er.run_tasks(s)) for s in shares]
+                for index, node, out in group.foreach_env_runner(fns, local_env_runner=False,
+                                                                 remote_worker_ids=list(ids)):
+                    self._runner_nodes[index] = node
                     for r in out:
                         done[r.task_index] = r
             todo = [j for j in jobs if j.task_index not in done]
@@ -144,16 +147,21 @@ class MAML(Algorithm):
         )
 
     def _wait_for_runners(self) -> None:
-        """Bring failed runners back (RLlib's restart), sync θ to them; wait until at least one is healthy."""
+        """Bring failed runners back, push θ to them; wait until at least one is healthy.
+
+        Ray restarts a dead runner wherever its resources are free: on a surviving node, or on a node that joins
+        later (the replacement of a lost one). The wait is bounded by ``env_runner_restore_timeout_s``; then the
+        run fails naming the nodes the runners last ran on (and whether Ray reports them dead).
+        """
         group = self.env_runner_group
-        deadline = time.monotonic() + self.config.env_runner_restore_timeout_s + 60.0
+        deadline = time.monotonic() + self.config.env_runner_restore_timeout_s
         while True:
             self.restore_env_runners(group)
             if group.healthy_env_runner_ids():
                 self.push_weights()
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("MAML: no healthy EnvRunner came back to sample the remaining tasks")
+                raise RuntimeError(_lost_runners_message(self._runner_nodes, self.config))
             time.sleep(1.0)
 
     def meta_update(self, results: list[TaskResult]) -> dict:
