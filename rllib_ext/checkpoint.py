@@ -107,17 +107,24 @@ def verify_checksums(ckpt: str | os.PathLike, *, missing_ok: bool = True) -> boo
 
 def diagnose_unreadable(ckpt: str | os.PathLike, error: BaseException) -> CheckpointError | None:
     """After a failed load: the first ``.pkl`` file of ``ckpt`` that does not unpickle, as a named error."""
-    ckpt = Path(ckpt)
-    for f in sorted(ckpt.rglob("*.pkl")):
-        if f.stat().st_size == 0:
-            return CheckpointError(f"checkpoint file {f} is empty (0 bytes): the checkpoint is corrupt")
+    for f in sorted(Path(ckpt).rglob("*.pkl")):
         try:
-            with open(f, "rb") as fh:
-                pickle.load(fh)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure names the file
-            return CheckpointError(f"checkpoint file {f} cannot be read ({type(e).__name__}: {e}): the checkpoint "
-                                   f"is corrupt or truncated (load failed with {type(error).__name__})")
+            load_pickle(f)
+        except CheckpointError as e:
+            return e
     return None
+
+
+def load_pickle(f: Path):
+    """Unpickle one checkpoint file; ``CheckpointError`` naming it when it is empty or does not unpickle."""
+    if f.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {f} is empty (0 bytes): the checkpoint is corrupt")
+    try:
+        with open(f, "rb") as fh:
+            return pickle.load(fh)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure names the file
+        raise CheckpointError(f"checkpoint file {f} cannot be read ({type(e).__name__}: {e}): the checkpoint is "
+                              "corrupt or truncated") from e
 
 
 def _fault_hook(stage: str) -> None:
@@ -213,9 +220,11 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         return None
     name = pointer.read_text(encoding="utf-8").strip()
     ckpt = pointer.parent / name
-    if not _NAME.match(name) or not is_complete(ckpt):
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint folder in "
-                              f"{pointer.parent}")
+    if not _NAME.match(name) or not ckpt.is_dir():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint folder in {pointer.parent}")
+    missing = [f for f in (*_REQUIRED, str(POLICY_SUBDIR)) if not (ckpt / f).exists()]
+    if missing:
+        raise CheckpointError(f"{pointer} names {name!r}, which is incomplete: {', '.join(missing)} is missing")
     verify_checksums(ckpt)
     return ckpt
 
@@ -283,7 +292,7 @@ def check_policy_fits(module, config, ckpt: str | os.PathLike) -> None:
 
     ckpt = Path(ckpt)
     what = f"task {config.task!r}, backbone {config.backbone!r}, width {config.width}"
-    env = tasks.make(config.task, **config.task_options)
+    env = tasks.make(config.task)  # the spaces do not depend on the task options
     for name, space in (("observation", env.observation_space), ("action", env.action_space)):
         mine = getattr(module, f"{name}_space", None)
         if mine is not None and (mine.shape != space.shape or type(mine) is not type(space)):
@@ -295,11 +304,7 @@ def check_policy_fits(module, config, ckpt: str | os.PathLike) -> None:
     state_file = ckpt / POLICY_SUBDIR / "module_state.pkl"
     if not state_file.is_file():
         return
-    try:
-        with open(state_file, "rb") as f:
-            stored = _shapes(pickle.load(f))
-    except Exception as e:  # noqa: BLE001 - a truncated/garbled pickle, whatever the exception
-        raise CheckpointError(f"checkpoint file {state_file} cannot be read ({type(e).__name__}: {e})") from e
+    stored = _shapes(load_pickle(state_file))
     need = _shapes(module.state_dict())
     missing, extra = sorted(set(need) - set(stored)), sorted(set(stored) - set(need))
     differ = [(k, stored[k], need[k]) for k in sorted(set(need) & set(stored)) if stored[k] != need[k]]
@@ -313,3 +318,14 @@ def check_policy_fits(module, config, ckpt: str | os.PathLike) -> None:
             f"checkpoint file {state_file} holds weights of another task or model structure than its config "
             f"({what}): {detail}"
         )
+
+
+def check_finite_parameters(module, ckpt: str | os.PathLike) -> None:
+    """``CheckpointError`` naming the first parameter of ``module`` (as loaded from ``ckpt``) that is not finite."""
+    import torch
+
+    for name, p in module.state_dict().items():
+        if torch.is_tensor(p) and p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            bad = int((~torch.isfinite(p)).sum())
+            raise CheckpointError(f"checkpoint {str(ckpt)!r}: parameter {name!r} holds {bad} non-finite value(s) "
+                                  "(nan/inf): the checkpoint is corrupt or its run diverged")

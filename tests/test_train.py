@@ -230,7 +230,7 @@ def test_latest_pointer_is_atomic_and_resolve_errors(tmp_path):
     with pytest.raises(ValueError, match="is not a checkpoint"):
         ckpt_mod.resolve_checkpoint(tmp_path)
     (tmp_path / "checkpoints" / "latest").write_text("checkpoint_000009\n")
-    with pytest.raises(ValueError, match="not a complete checkpoint"):
+    with pytest.raises(ValueError, match="names .checkpoint_000009., which is not a checkpoint folder"):
         ckpt_mod.resolve_checkpoint(tmp_path)
     ckpt_mod.write_text_atomic(tmp_path / "checkpoints" / "latest", "x\n")
     assert (tmp_path / "checkpoints" / "latest").read_text() == "x\n"

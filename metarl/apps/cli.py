@@ -3,6 +3,10 @@
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``; only the
 module of the command being run is imported, so `metarl --help` stays fast and Ray is imported only by the
 commands that need it (inside their ``main``).
+
+Errors: like argparse, one line on stderr and exit status 2 for bad input (``ValueError``, ``OSError``, ...: a flag,
+a file, a checkpoint); 1 for a failure of the run itself (e.g. non-finite results); 130 after Ctrl-C. ``--debug``
+(anywhere on the command line) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -31,19 +35,42 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: exceptions that mean "bad input" (exit 2, like argparse); anything else is a failed run (exit 1)
+INPUT_ERRORS = (ValueError, OSError, LookupError, TypeError)
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is not None and command not in COMMANDS:
         known = ", ".join(COMMANDS)
         print(f"metarl: unknown command {command!r}; known commands: {known}", file=sys.stderr)
         return 2
     parser = build_parser(command)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (anywhere on the line)")
     args = parser.parse_args(argv)
+    args.debug = debug
     if args.command is None:
         parser.print_help()
         return 0
-    return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"metarl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        code = 2 if isinstance(e, INPUT_ERRORS) else 1
+        hint = "" if code == 2 else " (rerun with --debug for the traceback)"
+        print(f"metarl {args.command}: error: {type(e).__name__}: {one_line(e)}{hint}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -83,10 +84,34 @@ def _check_args(args: argparse.Namespace) -> dict:
 
     if args.backbone not in models.available():
         raise ValueError(f"unknown --backbone {args.backbone!r}; available backbones: {', '.join(models.available())}")
-    options = json.loads(args.env_options)
+    return _env_options(args)
+
+
+def _env_options(args: argparse.Namespace) -> dict:
+    """``--env-options`` parsed and checked against the family (unknown option, bad value, reversed range)."""
+    import metarl.tasks
+
+    try:
+        options = json.loads(args.env_options)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--env-options is not valid JSON ({e.msg} at character {e.pos}): {args.env_options!r}") from e
     if not isinstance(options, dict):
         raise ValueError(f"--env-options must be a JSON object, got {args.env_options!r}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    for k, v in options.items():
+        if k.endswith("_range") and isinstance(v, tuple) and len(v) == 2 and all(
+                isinstance(x, (int, float)) for x in v) and not v[0] < v[1]:
+            raise ValueError(f"--env-options {k} = {list(v)} is a reversed or empty range: need [low, high] with "
+                             "low < high")
+    try:
+        metarl.tasks.make(args.env, **options).close()
+    except TypeError as e:
+        bad = [k for k in options if f"'{k}'" in str(e)]
+        raise ValueError(f"--env-options: {args.env} does not accept the option(s) {bad or list(options)} "
+                         f"({' '.join(str(e).split())})") from e
+    except ValueError as e:
+        raise ValueError(f"--env-options {args.env_options}: {' '.join(str(e).split())}") from e
+    return options
 
 
 def collect(env, task, *, num_trajectories: int, length: int, rng: np.random.Generator):
@@ -208,6 +233,18 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def _check_out(out: str) -> None:
+    """``--out`` must be a new or existing file in a writable folder (checked before the run)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {path / 'dynamics.json'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write under {parent}")
+
+
 def main(args: argparse.Namespace) -> int:
     import metarl.tasks
 
@@ -219,8 +256,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         _check_args(args)
-    except (ValueError, json.JSONDecodeError) as err:
-        print(f"metarl dynamics: {err}", file=sys.stderr)
+        if args.out:
+            _check_out(args.out)
+    except ValueError as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"metarl dynamics: error: {err}", file=sys.stderr)
         return 2
     threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads)

@@ -49,7 +49,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
     """Adapt on each test task; returns {"steps": [per-k summary], "per_task": [...], "provenance": ...}."""
     from metarl import tasks
     from metarl.sampler import derive_seed
-    from rllib_ext.checkpoint import POLICY_SUBDIR, load_config, resolve_checkpoint
+    from rllib_ext.checkpoint import load_config, resolve_checkpoint
     from rllib_ext.jobs import TaskJob
     from rllib_ext.runner import MAMLEnvRunner
 
@@ -69,7 +69,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
 
     runner = MAMLEnvRunner(config=cfg)
     try:
-        runner.module.restore_from_path(str((ckpt / POLICY_SUBDIR).resolve()))
+        _load_policy_weights(runner.module, cfg, ckpt)
         per_task = []
         for i, task in enumerate(test_tasks):
             out = runner.run_task(TaskJob(task=task, task_index=i, iteration=-1, seed=derive_seed(seed, i),
@@ -82,6 +82,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
             })
     finally:
         runner.stop()
+    check_finite_returns(per_task, inner_lr=cfg.inner_lr)
     rets = np.array([t["returns"] for t in per_task])  # (tasks, N+1, K)
     steps = np.array([t["env_steps"] for t in per_task]).sum(0)  # (N+1,)
     task_means = rets.mean(2)  # (tasks, N+1)
@@ -124,14 +125,60 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _load_policy_weights(module, cfg, ckpt) -> None:
+    """The checkpoint's policy weights into ``module``: structure checked first (task/model mismatch in words),
+    an unreadable file named, non-finite weights refused (naming the parameter)."""
+    from rllib_ext.checkpoint import POLICY_SUBDIR, check_finite_parameters, check_policy_fits, diagnose_unreadable
+
+    check_policy_fits(module, cfg, ckpt)
+    try:
+        module.restore_from_path(str((ckpt / POLICY_SUBDIR).resolve()))
+    except Exception as e:
+        named = diagnose_unreadable(ckpt / POLICY_SUBDIR, e)
+        if named is None:
+            raise
+        raise named from e
+    check_finite_parameters(module, ckpt)
+
+
+def check_finite_returns(per_task: list[dict], *, inner_lr: float) -> None:
+    """FloatingPointError naming the first step k (and task) whose episode returns are not finite."""
+    for i, t in enumerate(per_task):
+        for k, rets in enumerate(t["returns"]):
+            if not np.isfinite(rets).all():
+                cause = (f"after {k} inner step(s) with inner_lr = {inner_lr}: the adapted parameters diverged"
+                         if k else "with the checkpoint's parameters θ (step 0)")
+                raise FloatingPointError(f"evaluate: step k={k}, test task {i}: episode returns are not finite "
+                                         f"({rets[:3]}...) {cause}; nothing was written")
+
+
+def check_out_path(out: str | None) -> None:
+    """``--out`` must name a file in an existing, writable folder (checked before evaluating)."""
+    if not out:
+        return
+    import os
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a JSON file name, e.g. {path / 'eval.json'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {out}: folder {path.parent} does not exist (create it first)")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--out {out} is not writable")
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_out_path(args.out)
         result = evaluate(args.checkpoint, adapt_steps=args.adapt_steps, episodes=args.episodes,
                           num_tasks=args.num_tasks, num_envs=args.num_envs, inner_lr=args.inner_lr,
                           test_seed=args.test_seed, seed=args.seed)
     except ValueError as e:
-        print(f"metarl evaluate: error: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"metarl evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(format_table(result))
     if args.out:

@@ -6,6 +6,7 @@ JSON result per line). Per (task, backbone, method) cell, over its seeds, at eac
     return before adaptation  R_0 = adapt/return_step_0      (θ)
     return after k steps      R_k = adapt/return_step_k      (θ_k, k = 1..K; the multitask baseline has K = 0)
     gain                      R_K - R_0
+    success before / after    adapt/success_step_0 / adapt/success_step_K  (families that report success: Meta-World)
     env steps, wall time      env_steps/lifetime, time_total_s
     parameters                model/num_params (the whole policy module; backbones matched by metarl sweep)
 
@@ -64,31 +65,97 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+#: columns the report reads: a cell here that is not a number is warned about (Tune's other columns hold text)
+USED_PREFIXES = ("adapt/", "meta/", "env_steps/", "model/", "training_iteration", "time_total_s")
+
+
+class BrokenTrial(ValueError):
+    """A trial file that cannot be read: the trial is skipped (the message names the file and the reason)."""
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise BrokenTrial(f"{path}: binary content (NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BrokenTrial(f"{path}: not UTF-8 text ({e})") from e
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    text = _read_text(path)
+    if text and not text.endswith("\n"):
+        raise BrokenTrial(f"{path}: the last row is cut (no line end): the file was truncated mid-row")
+    rows = []
+    reader = csv.DictReader(text.splitlines())
+    for n, row in enumerate(reader, start=2):
+        if None in row or None in row.values():
+            raise BrokenTrial(f"{path}: row {n} has {len(row) - (None in row)} fields, the header "
+                              f"{len(reader.fieldnames)}: the file is cut or garbled")
+        rows.append({k: _cell(v, path, k, n) for k, v in row.items()})
+    return rows
+
+
+def _cell(v: str, path: Path, column: str, row: int) -> float:
+    x = _number(v)
+    if math.isnan(x) and v.strip() not in ("", "nan", "NaN") and column.startswith(USED_PREFIXES):
+        logger.warning("report: %s row %d column %s: %r is not a number (reported as n/a)", path, row, column, v)
+    return x
+
+
+def _json_rows(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(_flatten(json.loads(line)))
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise BrokenTrial(f"{path}: line {n} is not a JSON result ({e})") from e
+    return rows
+
+
 def _read_rows(trial_dir: Path) -> list[dict]:
     csv_path, json_path = trial_dir / "progress.csv", trial_dir / "result.json"
     if csv_path.exists() and csv_path.stat().st_size > 0:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return _csv_rows(csv_path)
     if json_path.exists():
-        lines = json_path.read_text(encoding="utf-8").splitlines()
-        return [_flatten(json.loads(line)) for line in lines if line.strip()]
+        return _json_rows(json_path)
     return []
 
 
-def load_trials(exp_dir: str | Path) -> list[Trial]:
-    """Every trial folder under ``exp_dir`` with params.json and at least one result, sorted by name."""
+def _read_params(path: Path) -> dict:
+    try:
+        params = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise BrokenTrial(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(params, dict):
+        raise BrokenTrial(f"{path}: expected a JSON object of the trial's config, got {type(params).__name__}")
+    return params
+
+
+def load_trials(exp_dir: str | Path, skipped: list[str] | None = None) -> list[Trial]:
+    """Every trial folder under ``exp_dir`` with params.json and at least one result, sorted by name. A trial whose
+    files cannot be read is skipped with a warning naming the file and the reason (appended to ``skipped``)."""
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
         raise ValueError(f"report: {str(exp_dir)!r} is not a folder (give the Tune experiment folder)")
     trials = []
     for params_path in sorted(exp_dir.glob("*/params.json")):
-        rows = _read_rows(params_path.parent)
+        try:
+            params, rows = _read_params(params_path), _read_rows(params_path.parent)
+        except (BrokenTrial, OSError) as e:
+            logger.warning("report: trial %s skipped: %s", params_path.parent.name, e)
+            if skipped is not None:
+                skipped.append(f"{params_path.parent.name}: {e}")
+            continue
         if not rows:
             logger.warning("report: %s has no results yet; skipped", params_path.parent.name)
             continue
-        trials.append(Trial(params_path.parent.name, json.loads(params_path.read_text(encoding="utf-8")), rows))
+        trials.append(Trial(params_path.parent.name, params, rows))
     if not trials:
-        raise ValueError(f"report: no trial folders with params.json and progress.csv/result.json in {exp_dir}")
+        raise ValueError(f"report: no readable trial folders with params.json and progress.csv/result.json in "
+                         f"{exp_dir}" + (f" ({len(skipped)} skipped: {skipped[0]})" if skipped else ""))
     return trials
 
 
@@ -115,6 +182,8 @@ def summarize(trials: list[Trial]) -> list[dict]:
         cell = {"task": task, "backbone": backbone, "method": method, "seeds": len(ts), "steps": steps}
         for k in steps:
             cell[f"return_step_{k}"] = _mean_std([r.get(f"adapt/return_step_{k}", math.nan) for r in last])
+            if any(f"adapt/success_step_{k}" in r for r in last):
+                cell[f"success_step_{k}"] = _mean_std([r.get(f"adapt/success_step_{k}", math.nan) for r in last])
         if steps:
             cell["gain"] = _mean_std([r.get(f"adapt/return_step_{steps[-1]}", math.nan)
                                       - r.get("adapt/return_step_0", math.nan) for r in last])
@@ -130,10 +199,27 @@ def _fmt(ms: tuple[float, float], digits: int = 1) -> str:
     return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def _success(c: dict) -> str:
+    """``before → after`` success rate in % (mean ± std over seeds), "—" for families without success."""
+    ks = [k for k in c.get("steps", []) if f"success_step_{k}" in c]
+    if not ks:
+        return "—"
+    pct = [(100 * c[f"success_step_{k}"][0], 100 * c[f"success_step_{k}"][1]) for k in (ks[0], ks[-1])]
+    return " → ".join(_fmt(ms, 1) + "%" for ms in (pct if len(ks) > 1 else pct[:1]))
+
+
+def _with_success(head: list[str], cells: list[dict]) -> bool:
+    if any("success_step_0" in c for c in cells):
+        head.append("success before → after (%)")
+        return True
+    return False
+
+
 def markdown_table(cells: list[dict]) -> str:
     k_max = max((c["steps"][-1] for c in cells if c["steps"]), default=0)
     head = ["task", "backbone", "method", "seeds", "params", "iters", "return before (θ)",
             *[f"after {k} step{'s' * (k > 1)}" for k in range(1, k_max + 1)], "gain", "env steps", "wall time (s)"]
+    success = _with_success(head, cells)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         after = [_fmt(c[f"return_step_{k}"], 2) if f"return_step_{k}" in c else "—" for k in range(1, k_max + 1)]
@@ -141,7 +227,8 @@ def markdown_table(cells: list[dict]) -> str:
         row = [c["task"], c["backbone"], c["method"], str(c["seeds"]),
                "n/a" if math.isnan(params) else f"{int(round(params)):,}", f"{c['iterations'][0]:.0f}",
                _fmt(c.get("return_step_0", (math.nan, math.nan)), 2), *after,
-               _fmt(c.get("gain", (math.nan, math.nan)), 2), _fmt(c["env_steps"], 0), _fmt(c["wall_s"], 1)]
+               _fmt(c.get("gain", (math.nan, math.nan)), 2), _fmt(c["env_steps"], 0), _fmt(c["wall_s"], 1),
+               *([_success(c)] if success else [])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -226,23 +313,33 @@ def evaluate_trials(exp_dir: Path, trials: list[Trial], *, adapt_steps: int, num
     from metarl.apps.evaluate import evaluate
 
     per_trial: dict[str, list[float]] = {}
+    successes: dict[str, list[float]] = {}
     for t in trials:
         ckpts = sorted((exp_dir / t.name).glob("checkpoint_*"))
         if not ckpts:
             logger.warning("report: %s has no checkpoint; not evaluated", t.name)
             continue
-        res = evaluate(ckpts[-1], adapt_steps=adapt_steps, episodes=episodes, num_tasks=num_tasks, seed=0)
+        try:  # checksums verified; a corrupt checkpoint skips this trial, named
+            res = evaluate(ckpts[-1], adapt_steps=adapt_steps, episodes=episodes, num_tasks=num_tasks, seed=0)
+        except (ValueError, FloatingPointError) as e:
+            logger.warning("report: %s not evaluated: %s", t.name, e)
+            continue
         per_trial[t.name] = [s["return_mean"] for s in res["steps"]]
+        successes[t.name] = [s.get("success_rate", math.nan) for s in res["steps"]]
     groups: dict[tuple, list[list[float]]] = defaultdict(list)
+    success_groups: dict[tuple, list[list[float]]] = defaultdict(list)
     for t in trials:
         if t.name in per_trial:
             groups[t.key].append(per_trial[t.name])
+            success_groups[t.key].append(successes[t.name])
     cells = []
     for (task, backbone, method), rets in sorted(groups.items()):
         cell = {"task": task, "backbone": backbone, "method": method, "seeds": len(rets),
                 "steps": list(range(adapt_steps + 1))}
         for k in range(adapt_steps + 1):
             cell[f"return_step_{k}"] = _mean_std([r[k] for r in rets])
+            if not any(math.isnan(r[k]) for r in success_groups[(task, backbone, method)]):
+                cell[f"success_step_{k}"] = _mean_std([r[k] for r in success_groups[(task, backbone, method)]])
         cell["gain"] = _mean_std([r[-1] - r[0] for r in rets])
         cells.append(cell)
     return cells
@@ -252,11 +349,12 @@ def evaluation_table(cells: list[dict]) -> str:
     k_max = max(c["steps"][-1] for c in cells)
     head = ["task", "backbone", "method", "seeds", "return before (θ)",
             *[f"after {k} step{'s' * (k > 1)}" for k in range(1, k_max + 1)], "gain"]
+    success = _with_success(head, cells)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         lines.append("| " + " | ".join([c["task"], c["backbone"], c["method"], str(c["seeds"]),
                                          *[_fmt(c[f"return_step_{k}"], 2) for k in range(k_max + 1)],
-                                         _fmt(c["gain"], 2)]) + " |")
+                                         _fmt(c["gain"], 2), *([_success(c)] if success else [])]) + " |")
     return "\n".join(lines)
 
 
@@ -267,7 +365,8 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
     ``evaluate_steps`` > 0 adds the held-out evaluation of every trial's last checkpoint (``evaluate_trials``).
     """
     exp_dir = Path(exp_dir)
-    trials = load_trials(exp_dir)
+    skipped: list[str] = []
+    trials = load_trials(exp_dir, skipped)
     cells = summarize(trials)
     pngs = plot(trials, cells, exp_dir / "plots")
     parts = [f"# Sweep report: {exp_dir.name}", "",
@@ -292,6 +391,9 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
             parts += [f"| {t} | {b} | {v['width']} | {v['backbone_params']:,} |"
                       for t, row in widths.items() for b, v in row.items()]
             parts.append("")
+    if skipped:
+        parts += ["## Skipped trials", "", "Files that could not be read (each trial left out of the tables above):",
+                  "", *[f"- {s}" for s in skipped], ""]
     parts += ["## Plots", "", *[f"![{p.stem}](plots/{p.name})" for p in pngs], ""]
     out = exp_dir / "report.md"
     out.write_text("\n".join(parts), encoding="utf-8")
@@ -312,7 +414,9 @@ def main(args: argparse.Namespace) -> int:
         out = write_report(args.dir, evaluate_steps=getattr(args, "evaluate", 0),
                            eval_tasks=getattr(args, "eval_tasks", 10), eval_episodes=getattr(args, "eval_episodes", 10))
     except ValueError as e:
-        print(f"metarl report: error: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"metarl report: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"wrote {out} and {out.parent / 'plots'}/")
     return 0

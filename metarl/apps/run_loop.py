@@ -10,6 +10,9 @@
     adaptation.png     mean return before (θ) and after each inner step (θ_k) per iteration
     checkpoints/checkpoint_<iteration:06d>/, checkpoints/latest   (rllib_ext.checkpoint: crash-safe)
 
+Shutdown: Ctrl-C (SIGINT) and SIGTERM stop the Algorithm's actors and the embedded Ray before the process exits;
+the last checkpoint stays the resume point. A SIGKILL cannot be handled (see the README's "Reliability").
+
 Ray: an already initialised Ray is used as is; with ``RAY_ADDRESS`` set (inside ``ray job submit``) a bare
 ``ray.init()`` joins that cluster; otherwise an embedded ``ray.init(num_cpus=..., include_dashboard=False)``.
 No module-level Ray import: ``metarl train --help`` stays fast.
@@ -18,6 +21,9 @@ No module-level Ray import: ``metarl train --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,21 +37,58 @@ from rllib_ext.checkpoint import clean_partial, save_checkpoint
 
 
 def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dict:
-    """Train to ``args.iterations`` total iterations; returns {"out", "completed", "last", "checkpoint", ...}."""
+    """Train to ``args.iterations`` total iterations; returns {"out", "completed", "last", "checkpoint", ...}.
+
+    SIGTERM is turned into ``SystemExit`` (like Ctrl-C's KeyboardInterrupt) while the run holds Ray, so that the
+    ``finally`` below stops the Algorithm (its EnvRunner and Learner actors) and shuts down the Ray it started.
+    """
     plan = prepare(args)
-    config, output, start = plan["config"], plan["output"], plan["start"]
-    run_dir = output.local
-    total = args.iterations
+    output = plan["output"]
+    try:
+        with _terminate_as_exit():
+            return _train(args, plan, echo)
+    finally:
+        if plan["lock"] is not None:
+            plan["lock"].release()
+        output.cleanup()
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM -> SystemExit(143) in the main thread (so ``finally`` clauses run); the old handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _results(args, plan: dict) -> dict:
+    config, start = plan["config"], plan["start"]
     seeds = {"seed": args.seed, "task_seed": config.task_seed if config.task_seed is not None else args.seed}
     prov = provenance(config=config, seeds=seeds, extra={"args": vars(args)})
     results = plan["results"] or {"provenance": prov, "resumes": [], "records": []}
     if plan["results"] is not None:
         dropped = [r["iteration"] for r in results["records"] if r["iteration"] > start]
         results["records"] = [r for r in results["records"] if r["iteration"] <= start]  # re-run after the checkpoint
-        results["resumes"].append({"from_iteration": start, "dropped_records": dropped, "provenance": prov})
+        results.setdefault("resumes", []).append({"from_iteration": start, "dropped_records": dropped,
+                                                  "provenance": prov})
+    return results
+
+
+def _train(args, plan: dict, echo: Callable[[str], None]) -> dict:
+    config, output, start = plan["config"], plan["output"], plan["start"]
+    run_dir, total = output.local, args.iterations
+    results = _results(args, plan)
     if start >= total:
         echo(f"{args.out}: {start} of {total} iterations already done; nothing to do")
-        output.cleanup()
         return {"out": args.out, "completed": start, "last": (results["records"] or [None])[-1], "checkpoint": None}
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_partial(run_dir)
@@ -58,29 +101,21 @@ def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dic
 
         algo = config.build_algo()
         if ckpt is not None:
-            algo.restore_from_path(str(ckpt.resolve()))
+            algo.restore_from_path(str(ckpt.resolve()))  # verifies checksums; pushes θ to every runner
             if algo.iteration != start:
                 raise RuntimeError(f"restored {ckpt} but the Algorithm reports iteration {algo.iteration} != {start}")
             echo(f"resumed {args.out} from {ckpt.name} (iteration {start}); target {total}")
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
         t_loop = time.perf_counter()
         for it in range(start + 1, total + 1):
-            t0 = time.perf_counter()
-            try:
-                result = algo.train()
-            except FloatingPointError as e:
-                raise FloatingPointError(f"iteration {it}: Learner meta-update failed: {e}") from e
-            record = {"iteration": int(algo.iteration), **flatten(result), "wall_s": time.perf_counter() - t0}
-            record["task_params"] = [np.asarray(t.as_array()).tolist() for t in algo.last_tasks]
-            check_finite(record, it)
+            record = _iterate(algo, it)
             results["records"].append(record)
             write_outputs(run_dir, results)
             for key, v in record.items():
                 if isinstance(v, float):
                     writer.add_scalar(key, v, it)
             writer.flush()
-            done_here = it - start
-            eta = (time.perf_counter() - t_loop) / done_here * (total - it)
+            eta = (time.perf_counter() - t_loop) / (it - start) * (total - it)
             echo(progress_line(record, total=total, eta_s=eta))
             if it % args.checkpoint_every == 0 or it == total:
                 ckpt = save_checkpoint(algo, run_dir, it)
@@ -94,10 +129,32 @@ def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dic
     finally:
         if writer is not None:
             writer.close()
+        _stop(algo, started_ray)
+
+
+def _iterate(algo, it: int) -> dict:
+    t0 = time.perf_counter()
+    try:
+        result = algo.train()
+    except FloatingPointError as e:
+        raise FloatingPointError(f"iteration {it}: Learner meta-update failed: {e}") from e
+    record = {"iteration": int(algo.iteration), **flatten(result), "wall_s": time.perf_counter() - t0}
+    record["task_params"] = [np.asarray(t.as_array()).tolist() for t in algo.last_tasks]
+    check_finite(record, it)
+    return record
+
+
+def _stop(algo, started_ray: bool) -> None:
+    """Stop the Algorithm's actors, then the Ray this run started; a second signal meanwhile does not cut it short."""
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
         if algo is not None:
             algo.stop()
         if started_ray:
             import ray
 
             ray.shutdown()
-        output.cleanup()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -33,7 +33,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = run(args)
     except ValueError as e:
-        print(f"metarl train: error: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"metarl train: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("out", "completed", "checkpoint") if k in summary}))
     return 0
