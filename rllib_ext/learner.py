@@ -3,8 +3,9 @@
 For its shard of tasks (``TaskResult``s, never modified: their tensors are prepared once per meta-update,
 ``prepare``) it recomputes θ' differentiably from the support episodes with the same function the EnvRunner used
 (``metarl.rl.adapt_policy``; second order unless ``first_order``), then takes ``outer_steps`` Adam steps on
-ProMP's clipped surrogate of θ'(θ) on the query episodes (``meta_gradient``: the per-task loop
-``metarl.rl.meta_gradient_loop``). With several Learners the meta-gradient is
+ProMP's clipped surrogate of θ'(θ) on the query episodes (``meta_gradient``: all tasks of the shard at once,
+``metarl.meta_batch.meta_gradient_batched``; the per-task loop ``metarl.rl.meta_gradient_loop`` is its reference
+and stays callable, ``per_task_loop=True``). With several Learners the meta-gradient is
 all-reduced by hand (RLlib 2.60's functional path does not), scaled so that N Learners equal one Learner on the
 same tasks: every Learner divides by the TOTAL number of tasks, then the gradients are summed.
 """
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
+from metarl.meta_batch import meta_gradient_batched
 from metarl.policy_net import functional_log_prob
 from metarl.rl import PreparedTask, meta_gradient_loop, prepare_task
 from rllib_ext.jobs import TaskResult
@@ -63,16 +65,19 @@ class MAMLLearner(TorchLearner):
             for r in task_results
         ]
 
-    def meta_gradient(self, tasks: Sequence[PreparedTask], *, num_tasks_total: int) -> tuple[float, float]:
+    def meta_gradient(
+        self, tasks: Sequence[PreparedTask], *, num_tasks_total: int, per_task_loop: bool = False
+    ) -> tuple[float, float]:
         """Accumulate ∇θ Σ_tasks L_outer(θ'_task(θ)) / num_tasks_total into ``.grad``; returns (loss, max |Δlogp|).
 
-        The per-task loop ``metarl.rl.meta_gradient_loop`` (the reference). Δlogp compares the recomputed
-        log π_θ'(a|s) with the one recorded while sampling: ~0 at θ unchanged, which proves the query episodes were
-        sampled by the θ' the Learner reconstructs.
+        All tasks at once (``metarl.meta_batch.meta_gradient_batched``); ``per_task_loop=True`` runs the reference,
+        ``metarl.rl.meta_gradient_loop`` (same numbers, tests/test_batched_meta_grad.py). Δlogp compares the
+        recomputed log π_θ'(a|s) with the one recorded while sampling: ~0 at θ unchanged, which proves the query
+        episodes were sampled by the θ' the Learner reconstructs.
         """
         cfg = self.config
         net = self.policy.net
-        return meta_gradient_loop(
+        return (meta_gradient_loop if per_task_loop else meta_gradient_batched)(
             lambda p, o, a: functional_log_prob(net, p, o, a)[0],
             dict(net.named_parameters()),
             tasks,

@@ -8,6 +8,8 @@ then through the real Learner path with 2 Learners.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -150,16 +152,7 @@ def test_two_batched_learners_equal_one_learner_running_the_loop():
         loop_algo = cfg(0).build_algo()
         try:
             learner = loop_algo.learner_group._learner
-            net = learner.policy.net
-
-            def loop(tasks, *, num_tasks_total):
-                c = learner.config
-                return meta_gradient_loop(lambda p, o, a: functional_log_prob(net, p, o, a)[0],
-                                          dict(net.named_parameters()), tasks, num_tasks_total=num_tasks_total,
-                                          inner_lr=c.inner_lr, gamma=c.gamma, clip=c.clip_param,
-                                          first_order=c.first_order)
-
-            learner.meta_gradient = loop  # this Learner runs the reference
+            learner.meta_gradient = functools.partial(learner.meta_gradient, per_task_loop=True)  # the reference
             w0 = weights(loop_algo)
             loop_algo.train()
             w_loop = weights(loop_algo)
