@@ -1,15 +1,20 @@
-"""Where a MAML meta-iteration spends its time, per backbone: sampling / inner adaptation / meta-update.
+"""Where a MAML meta-iteration spends its time, per backbone, with the per-task meta-gradient loop and the batched one.
 
-Run (about 2-4 minutes on 2 cores)::
+Run (about 5-10 minutes on one core)::
 
     .venv/bin/python benchmarks/iteration_time.py                       # all registered backbones
-    .venv/bin/python benchmarks/iteration_time.py --backbones gru,lru --iterations 3
+    .venv/bin/python benchmarks/iteration_time.py --backbones mlp,gru,lru --iterations 3
 
 Everything runs in this process (``num_env_runners=0``: the local EnvRunner samples, the local Learner updates) on
-one torch thread, so the split is the cost of each phase on one core. Printed as seconds per iteration and as the
-share of the iteration; the last column is each backbone's iteration time relative to ``gru`` measured in the same
-run (absolute times drift on a shared machine; ratios hold). Results to expect (2-core VM, HalfCheetahDir H=100,
-4 tasks x 10 episodes, width 64): see BENCHMARKS.md.
+one torch thread, so the split is the cost of each phase on one core. Times are CPU seconds of the main thread
+(``time.thread_time``: what one core spends, robust to other processes on a shared machine; the wall-clock
+seconds are printed next to them). Each backbone's Algorithm alternates its iterations between the two
+meta-gradients, the per-task loop (``metarl.rl.meta_gradient_loop``, the Learner with ``per_task_loop=True``) and
+the batched one (``metarl.meta_batch``, the default), so both see the same machine state and the same kind of
+episodes; sampling does not depend on the mode and is the median over all iterations. Printed per mode: seconds
+per iteration, the meta-update's share, each backbone's iteration relative to ``mlp`` in the same mode, and the
+loop/batched ratio of the meta-update. Results to expect (HalfCheetahDir H=100, 4 tasks x 10 episodes, width 64):
+see BENCHMARKS.md.
 
 Debug in-process: every phase runs in the driver, so ``python -m pdb benchmarks/iteration_time.py`` stops anywhere.
 """
@@ -17,12 +22,30 @@ Debug in-process: every phase runs in the driver, so ``python -m pdb benchmarks/
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
+import time
 
 import ray
 import torch
 
 from metarl import models
+
+MODES = ("loop", "batched")
+
+
+def _timed(fn, sink: list):
+    """``fn`` that appends its (thread CPU s, wall s) to ``sink`` on every call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        c0, w0 = time.thread_time(), time.perf_counter()
+        out = fn(*args, **kwargs)
+        sink.append((time.thread_time() - c0, time.perf_counter() - w0))
+        return out
+
+    return wrapper
 
 
 def measure(backbone: str, args) -> dict:
@@ -44,17 +67,48 @@ def measure(backbone: str, args) -> dict:
     )
     algo = cfg.build_algo()
     try:
-        num_params = models.num_params(algo.learner_group._learner.policy)
-        algo.train()  # warm-up
-        rows = []
-        for _ in range(args.iterations):
-            t = algo.train()["time"]
-            rows.append((t["runner_sampling_s"], t["runner_adapting_s"], t["meta_update_s"], t["sample_and_adapt_s"]))
+        learner = algo.learner_group._learner
+        num_params = models.num_params(learner.policy)
+        batched = learner.meta_gradient
+        loop = functools.partial(batched, per_task_loop=True)
+        updates: list = []
+        learner.meta_update = _timed(learner.meta_update, updates)
+        rows = {m: [] for m in MODES}
+        for i in range(args.iterations + 1):  # the first round warms up
+            for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                learner.meta_gradient = loop if mode == "loop" else batched
+                c0, w0 = time.thread_time(), time.perf_counter()
+                algo.train()
+                total = (time.thread_time() - c0, time.perf_counter() - w0)
+                if i:
+                    rows[mode].append((total, updates[-1]))
     finally:
         algo.stop()
-    sample, adapt, update, sample_total = (statistics.median(c) for c in zip(*rows))
-    total = sample_total + update
-    return dict(backbone=backbone, params=num_params, sample=sample, adapt=adapt, update=update, total=total)
+    sample = statistics.median(t[0] - u[0] for r in rows.values() for t, u in r)
+    sample_wall = statistics.median(t[1] - u[1] for r in rows.values() for t, u in r)
+    out = dict(backbone=backbone, params=num_params, sample=sample, sample_wall=sample_wall)
+    for mode, r in rows.items():
+        out[mode] = statistics.median(u[0] for _, u in r)
+        out[mode + "_wall"] = statistics.median(u[1] for _, u in r)
+    return out
+
+
+def report(res: list[dict], args) -> None:
+    print(
+        f"\nMAML iteration split: task={args.task} H={args.horizon} tasks={args.meta_batch_size} "
+        f"episodes/task={args.episodes_per_task} (x2: support+query) width={args.width} outer_steps={args.outer_steps}"
+        f"\nCPU seconds of one thread (wall seconds in brackets); load average at the end {os.getloadavg()[0]:.1f}"
+    )
+    ref = next((r for r in res if r["backbone"] == "mlp"), res[0])
+    print(f"{'backbone':<12}{'params':>8}{'sample s':>14}"
+          + "".join(f"{m + ' update s':>20}{m + ' %':>11}{'x ' + ref['backbone']:>8}" for m in MODES)
+          + f"{'loop/batched':>14}")
+    for r in res:
+        line = f"{r['backbone']:<12}{r['params']:>8}{r['sample']:>6.2f} ({r['sample_wall']:>5.2f})"
+        for m in MODES:
+            total, ref_total = r["sample"] + r[m], ref["sample"] + ref[m]
+            line += f"{r[m]:>12.2f} ({r[m + '_wall']:>5.2f}){100 * r[m] / total:>10.0f}%{total / ref_total:>8.2f}"
+        print(line + f"{r['loop'] / r['batched']:>14.2f}")
 
 
 def main() -> None:
@@ -66,7 +120,7 @@ def main() -> None:
     p.add_argument("--meta-batch-size", type=int, default=4)
     p.add_argument("--episodes-per-task", type=int, default=10)
     p.add_argument("--outer-steps", type=int, default=5)
-    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=2, help="measured iterations per mode, after one warm-up each")
     args = p.parse_args()
     torch.set_num_threads(1)
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -74,20 +128,7 @@ def main() -> None:
         res = [measure(b, args) for b in args.backbones.split(",")]
     finally:
         ray.shutdown()
-    ref = next((r for r in res if r["backbone"] == "gru"), res[0])
-    print(
-        f"\nMAML iteration split: task={args.task} H={args.horizon} tasks={args.meta_batch_size} "
-        f"episodes/task={args.episodes_per_task} (x2: support+query) width={args.width} outer_steps={args.outer_steps}"
-    )
-    print(f"{'backbone':<12}{'params':>8}{'sample s':>10}{'adapt s':>9}{'update s':>10}{'total s':>9}"
-          f"{'sample%':>9}{'adapt%':>8}{'update%':>9}{'x gru':>7}")
-    for r in res:
-        t = r["total"]
-        print(
-            f"{r['backbone']:<12}{r['params']:>8}{r['sample']:>10.2f}{r['adapt']:>9.2f}{r['update']:>10.2f}{t:>9.2f}"
-            f"{100 * r['sample'] / t:>8.0f}%{100 * r['adapt'] / t:>7.0f}%{100 * r['update'] / t:>8.0f}%"
-            f"{t / ref['total']:>7.2f}"
-        )
+    report(res, args)
 
 
 if __name__ == "__main__":
