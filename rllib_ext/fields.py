@@ -295,7 +295,8 @@ def task_io_dims(task: str, *, horizon: int | None = None, options: dict | None 
         try:
             env = tasks.make(task, horizon=horizon, **options)
         except Exception as e:  # noqa: BLE001 - any failure to make the env means the same: bad options
-            fail("task_options", options, f"the env of task {task!r} rejects them: {e}")
+            raise ValueError(f"MAMLConfig.task_options = {options!r}, horizon = {horizon!r} (flags --task-options, "
+                             f"--horizon) are invalid: the env of task {task!r} rejects them: {e}") from e
         try:
             _DIMS[key] = io_dims(env.observation_space, env.action_space)
         finally:
