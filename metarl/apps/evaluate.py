@@ -8,9 +8,14 @@ stochastic policy::
 which is exactly the EnvRunner's ``run_task`` (built here in-process: no Ray cluster) on a ``TaskJob`` with
 ``inner_steps = N`` and ``episodes_per_task = K``. Reported per step k = 0..N: the mean return over tasks x
 episodes, its standard error over tasks, the spread (std) over tasks and over episodes, and the env steps spent
-up to and including step k (k = 0: before any adaptation). Example::
+up to and including step k (k = 0: before any adaptation); for families that report success (Meta-World), the
+success rate (episodes with ``info["success"]`` true at some step) and its standard error over tasks. Meta-World's
+protocol per held-out goal (adaptation episodes, one step, evaluation episodes) is ``--adapt-steps 1 --episodes 10``:
+row k = 0 is the 10 adaptation episodes, row k = 1 the evaluation episodes (10 here; Meta-World draws 3, same
+expected success). Example::
 
     metarl evaluate --checkpoint runs/hc --adapt-steps 3 --episodes 20 --out eval.json
+    metarl evaluate --checkpoint runs/ml1 --adapt-steps 1 --episodes 10 --num-tasks 50   # Meta-World ML1
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
                 "task": np.asarray(task.as_array()).tolist(),
                 "returns": [b.episode_returns().tolist() for b in batches],  # [k][episode]
                 "env_steps": [b.num_steps for b in batches],
+                "success": episode_success(batches),  # [k][episode] 0/1, None if the family reports no success
             })
     finally:
         runner.stop()
@@ -96,6 +102,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
             "return_std_episodes": float(rets[:, k].std()),
             "env_steps": int(steps[k]),
             "env_steps_cumulative": int(steps[: k + 1].sum()),
+            **success_summary(per_task, k),
         })
     return {
         "checkpoint": str(ckpt),
@@ -111,16 +118,34 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
     }
 
 
+def episode_success(batches) -> list[list[float]] | None:
+    """Per step k, per episode: 1.0 if ``info["success"]`` was true at some step (None without success)."""
+    if any(b.success is None for b in batches):
+        return None
+    return [b.success.tolist() for b in batches]
+
+
+def success_summary(per_task: list[dict], k: int) -> dict:
+    """Success rate with θ_k over tasks x episodes and its standard error over tasks ({} without success)."""
+    if not per_task or per_task[0]["success"] is None:
+        return {}
+    rates = np.array([np.mean(t["success"][k]) for t in per_task])  # (tasks,)
+    sem = float(rates.std(ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else 0.0
+    return {"success_rate": float(rates.mean()), "success_sem_tasks": sem}
+
+
 def format_table(result: dict) -> str:
     lines = [
         f"{result['task']}: {result['num_tasks']} test tasks x {result['episodes']} episodes, "
         f"inner lr {result['inner_lr']}, checkpoint {result['checkpoint']}",
-        f"{'step k':>6}  {'return':>10}  {'± sem':>8}  {'std tasks':>9}  {'std eps':>8}  {'env steps':>10}  {'cum.':>10}",
+        f"{'step k':>6}  {'return':>10}  {'± sem':>8}  {'std tasks':>9}  {'std eps':>8}  {'env steps':>10}  {'cum.':>10}"
+        + ("  success ± sem" if result["steps"] and "success_rate" in result["steps"][0] else ""),
     ]
     for s in result["steps"]:
         lines.append(
             f"{s['k']:>6d}  {s['return_mean']:>10.2f}  {s['return_sem_tasks']:>8.2f}  {s['return_std_tasks']:>9.2f}"
             f"  {s['return_std_episodes']:>8.2f}  {s['env_steps']:>10,d}  {s['env_steps_cumulative']:>10,d}"
+            + (f"  {s['success_rate']:>7.1%} ± {s['success_sem_tasks']:.1%}" if "success_rate" in s else "")
         )
     return "\n".join(lines)
 
