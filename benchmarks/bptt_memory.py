@@ -3,21 +3,23 @@
 How to run::
 
     .venv/bin/python benchmarks/bptt_memory.py                       # gru, lru; T 100/500; 10 and 20 episodes
-    .venv/bin/python benchmarks/bptt_memory.py --backbones gru --T 500 --episodes 10
+    .venv/bin/python benchmarks/bptt_memory.py --T 500 --episodes 10 --tasks 20 --path loop
 
 What it measures: in a fresh subprocess per configuration, the Learner's meta-gradient (``metarl.rl.prepare_task``
-+ ``metarl.rl.meta_gradient_loop``, second order, one inner step, the same functions ``MAMLLearner`` runs) for
+then ``--path batched``: ``metarl.meta_batch.meta_gradient_batched``, what ``MAMLLearner`` runs by default, or
+``--path loop``: ``metarl.rl.meta_gradient_loop``, its ``per_task_loop=True`` reference; second order, one inner
+step) for
 ``--tasks`` tasks of ``--episodes`` support + ``--episodes`` query episodes of length T, through a ``PolicyNet``
 (Meta-World's spaces: 39-d observations, 4-d actions, width 64), one torch thread, float32. Reported: the resident
 set just before the meta-update, the process's peak (``ru_maxrss``) and their difference (what backpropagation
 through the episodes costs), and CPU seconds. Episode contents are random (memory does not depend on them).
-The loop (what ``MAMLLearner`` runs) backpropagates one task at a time, so its peak is set by ONE task's graph and
-does not grow with the number of tasks; it grows linearly in T x episodes. ``--path batched``
-(``metarl.meta_batch``, all tasks of a shard at once) holds every task's graph: its peak grows with the tasks too.
+The loop backpropagates one task at a time, so its peak is set by ONE task's graph and does not grow with the
+number of tasks; it grows linearly in T x episodes. The batched path (all tasks of a Learner's shard at once)
+holds every task's graph: its peak grows with the tasks too (shard the meta-batch over Learners to bound it).
 
 What to expect (2-core AMD EPYC VM, torch 2.13 CPU; BENCHMARKS.md): at T = 500 and 10 + 10 episodes per task the
-loop adds ~0.1-0.2 GB over the resident set for gru and lru, about the same for 2 or 20 tasks; T = 100 adds
-~30 MB. Debug in-process: ``python benchmarks/bptt_memory.py --child gru 500 10 2 loop``.
+loop adds ~0.1-0.2 GB over the resident set for gru and lru, about the same for 2 or 20 tasks (T = 100: ~30 MB);
+the batched path ~85 MB per task, 1.7 GB for 20 tasks. Debug in-process: ``python benchmarks/bptt_memory.py --child gru 500 10 2 loop``.
 """
 
 from __future__ import annotations
@@ -84,8 +86,9 @@ def main() -> None:
     parser.add_argument("--T", nargs="+", type=int, default=[100, 500])
     parser.add_argument("--episodes", nargs="+", type=int, default=[10, 20], help="support (= query) episodes")
     parser.add_argument("--tasks", type=int, default=2, help="tasks in the meta-update (the peak is per task)")
-    parser.add_argument("--path", choices=["loop", "batched"], default="loop",
-                        help="meta-gradient: per-task loop (MAMLLearner's) or metarl.meta_batch (all tasks at once)")
+    parser.add_argument("--path", choices=["loop", "batched"], default="batched",
+                        help="meta-gradient: metarl.meta_batch, all tasks at once (MAMLLearner's default), or the "
+                             "per-task reference loop")
     parser.add_argument("--child", nargs=5, metavar=("BACKBONE", "T", "EPISODES", "TASKS", "PATH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
