@@ -37,17 +37,23 @@ def test_tiny_run_writes_all_rows_and_provenance(tmp_path):
     assert rows[("no-adaptation", 0)] < 0.2 * rows[("copy-last-observation", None)]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_adaptation_beats_no_adaptation_on_held_out_transitions(tmp_path, seed):
+def test_adaptation_beats_no_adaptation_on_held_out_transitions(tmp_path):
     """pendulum-mass, mass ~ U(0.5, 2): after K=3 SGD steps on the support transitions of a held-out task, the
-    one-step MSE on that task's *query* transitions (never used for adaptation) is < 0.9x the no-adaptation MSE.
+    one-step MSE on that task's *query* transitions (never used for adaptation) is below the no-adaptation MSE for
+    each of seeds 0-2, and their mean ratio adapted(K=3) / no-adaptation is < 0.85.
 
-    Calibration with this tiny config (20 epochs, 10 train tasks, 5 test tasks, 4 trajectories/task): the ratio
-    adapted(K=3) / no-adaptation was 0.36, 0.64, 0.87, 0.87, 0.16, 0.38 for seeds 0-5; with the default config
-    (50 epochs, 20 train tasks) 0.62, 0.67, 0.45, 0.74 for seeds 0-3 (K=5).
+    Calibration with this tiny config (20 epochs, 10 train tasks, 5 test tasks, 4 trajectories/task), seeds 0-11:
+    0.36, 0.64, 0.87, 0.87, 0.16, 0.38, 0.34, 0.79, 0.79, 0.84, 0.39, 0.94 (max 0.94 < 1; the spread over seeds is
+    wide, so one seed's ratio is only required to be < 1); means of consecutive seed triples 0.62, 0.47, 0.64, 0.72
+    (max 0.72; threshold 0.85). With the default config (50 epochs, 20 train tasks) 0.62, 0.67, 0.45, 0.74 for
+    seeds 0-3 (K=5).
     """
-    rows = _rows(_run(tmp_path, seed=seed))
-    assert rows[("adapted", 3)] < 0.9 * rows[("no-adaptation", 0)], rows
+    ratios = []
+    for seed in (0, 1, 2):
+        rows = _rows(_run(tmp_path, seed=seed))
+        ratios.append(rows[("adapted", 3)] / rows[("no-adaptation", 0)])
+        assert ratios[-1] < 1.0, (seed, rows)
+    assert sum(ratios) / len(ratios) < 0.85, ratios
 
 
 def test_same_seed_same_numbers(tmp_path):

@@ -1,0 +1,71 @@
+"""The all-reduce over Learners: 2 Learners on a sharded meta-batch equal 1 Learner on the whole of it.
+
+What a wrong scale (a missing or extra 1/N) changes is the meta-gradient before clipping and the reported loss;
+the weights after Adam and norm clipping barely move with it (both are nearly scale-invariant). So this compares,
+at the same tasks and episodes (sampling is seeded per task job), the first outer step's ``meta/grad_norm``
+(computed before clipping) and ``meta/outer_loss``, every parameter's ``.grad`` with clipping off, and the weights.
+Public API only: ``MAMLConfig``, ``build_algo``, ``algo.train()`` metrics and ``LearnerGroup.foreach_learner``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from ray.rllib.core import DEFAULT_MODULE_ID
+
+from rllib_ext.algorithm import MAMLConfig
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join a test's cluster
+    yield
+    ray.shutdown()
+
+
+def run(num_learners: int) -> tuple[dict, list[dict]]:
+    cfg = (
+        MAMLConfig()
+        .meta(task="navigation-2d", backbone="gru", width=8, meta_batch_size=4, episodes_per_task=2,
+              outer_steps=2, dtype="float64")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=2)
+        .training(grad_clip=None)  # .grad after the update is the raw all-reduced meta-gradient
+        .learners(num_learners=num_learners, num_cpus_per_learner=0.5 if num_learners else 1)
+        .debugging(seed=0)
+    )
+
+    def grads_and_weights(learner):  # nested: shipped to the Learner actors by value
+        module = learner.module[DEFAULT_MODULE_ID]
+        return {n: (p.grad.detach().cpu().numpy().copy(), p.detach().cpu().numpy().copy())
+                for n, p in module.named_parameters()}
+
+    algo = cfg.build_algo()
+    try:
+        result = algo.train()
+        per_learner = [r.get() for r in algo.learner_group.foreach_learner(grads_and_weights)]
+    finally:
+        algo.stop()
+    return result, per_learner
+
+
+@pytest.mark.timeout(300)
+def test_two_learners_reduce_to_the_one_learner_meta_gradient_and_loss():
+    one, (single,) = run(0)
+    two, learners = run(2)
+    assert len(learners) == 2
+    assert one["env_steps"]["this_iter"] == two["env_steps"]["this_iter"] == 4 * 4 * 100
+    assert two["adapt"]["return_step_0"] == pytest.approx(one["adapt"]["return_step_0"], rel=1e-12), "same episodes"
+    # the scale of the meta-gradient before clipping and of the meta-objective (first outer step), then the loss
+    # after the outer steps (Adam being almost scale-invariant, a wrong gradient scale moves it by ~1e-7 only)
+    assert two["meta"]["grad_norm"] == pytest.approx(one["meta"]["grad_norm"], rel=1e-9), "gradient scale"
+    assert one["meta"]["grad_norm"] > 1e-6
+    assert two["meta"]["outer_loss"] == pytest.approx(one["meta"]["outer_loss"], rel=1e-9, abs=1e-12), "loss scale"
+    assert two["meta"]["outer_loss_last"] == pytest.approx(one["meta"]["outer_loss_last"], rel=1e-9, abs=1e-12)
+    for name, (grad, weight) in single.items():
+        for i, other in enumerate(learners):
+            np.testing.assert_allclose(other[name][0], grad, rtol=1e-8, atol=1e-12, err_msg=f"grad {name} learner {i}")
+            np.testing.assert_allclose(other[name][1], weight, rtol=1e-9, atol=1e-12,
+                                       err_msg=f"weight {name} learner {i}")
+        np.testing.assert_array_equal(learners[0][name][1], learners[1][name][1], err_msg="learners drifted apart")
+    assert sum(float(np.abs(g).sum()) for g, _ in single.values()) > 0
