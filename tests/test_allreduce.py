@@ -62,6 +62,7 @@ def test_two_learners_reduce_to_the_one_learner_meta_gradient_and_loss():
     assert one["meta"]["grad_norm"] > 1e-6
     assert two["meta"]["outer_loss"] == pytest.approx(one["meta"]["outer_loss"], rel=1e-9, abs=1e-12), "loss scale"
     assert two["meta"]["outer_loss_last"] == pytest.approx(one["meta"]["outer_loss_last"], rel=1e-9, abs=1e-12)
+    assert two["meta"]["logp_mismatch"] < 1e-8  # every Learner rebuilds the θ' that sampled its shard
     for name, (grad, weight) in single.items():
         for i, other in enumerate(learners):
             np.testing.assert_allclose(other[name][0], grad, rtol=1e-8, atol=1e-12, err_msg=f"grad {name} learner {i}")

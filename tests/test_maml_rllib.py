@@ -201,44 +201,7 @@ def test_every_backbone_runs_a_maml_iteration_on_mujoco(backbone):
             algo.stop()
 
 
-@pytest.mark.timeout(300)
-def test_two_learners_equal_one_learner():
-    """Same tasks, same episodes (sampling is seeded per job): the 2-Learner meta-update equals the 1-Learner one."""
-    weights, meta = {}, {}
-    for n in (0, 2):
-        cfg = tiny("gru", dtype="float64", meta_batch_size=4, outer_steps=2).learners(
-            num_learners=n, num_cpus_per_learner=0.5 if n else 1
-        )
-        algo = cfg.build_algo()
-        try:
-            meta[n] = algo.train()["meta"]
-            state = algo.learner_group.get_weights()
-            weights[n] = {k: torch.as_tensor(np.asarray(v)) for k, v in state["default_policy"].items()}
-            if n:
-                sums = [
-                    r.get()
-                    for r in algo.learner_group.foreach_learner(
-                        lambda lr: float(sum(p.sum() for p in lr.policy.parameters()))
-                    )
-                ]
-                assert sums[0] == pytest.approx(sums[1], abs=1e-12), "learners must not drift apart"
-        finally:
-            algo.stop()
-    assert weights[0].keys() == weights[2].keys()
-    # the metrics of the whole meta-batch, not of Learner 0's shard (reduce_learner_metrics)
-    for key in ("outer_loss", "outer_loss_last", "grad_norm"):
-        assert meta[2][key] == pytest.approx(meta[0][key], rel=1e-9), key
-    assert meta[2]["logp_mismatch"] < 1e-8
-    init = tiny("gru", dtype="float64").build_algo()
-    try:
-        w0 = {k: torch.as_tensor(np.asarray(v)) for k, v in init.learner_group.get_weights()["default_policy"].items()}
-    finally:
-        init.stop()
-    moved = 0.0
-    for k in weights[0]:
-        torch.testing.assert_close(weights[2][k], weights[0][k], rtol=1e-9, atol=1e-11, msg=k)
-        moved += float((weights[0][k] - w0[k]).abs().sum())
-    assert moved > 1e-6
+# 2 Learners vs 1 (the all-reduce scale): tests/test_allreduce.py
 
 
 class CrashOnceRunner(MAMLEnvRunner):
