@@ -9,9 +9,12 @@ How to run::
 
 Defaults: halfcheetah-dir (the two-direction task, horizon 100), an MLP policy of width 64 (``--backbone gru|lstm|
 ssm|lru|transformer`` for the sequence models: slower per iteration, see BENCHMARKS.md), meta-batch 20 tasks x 10
-episodes (10 sub-envs, sampled in the driver), one inner VPG step (α 0.1), second-order meta-gradient, 5 Adam
+episodes (10 sub-envs per runner), one inner VPG step (α 0.1), second-order meta-gradient, 5 Adam
 steps, 60 iterations = 2.4 M env steps, checkpoints every 20. Outputs in ``--out`` (default ``runs/mujoco``):
-results.json, progress.csv, tb/, adaptation.png, checkpoints/ (see ``rllib_ext/training.py`` for the glossary).
+results.json, progress.csv, tb/, adaptation.png, checkpoints/ (glossary: ``metarl/apps/records.py``).
+Actors: ``--num-env-runners auto --num-learners auto`` (the defaults here; ``metarl train`` defaults to 0 and 0)
+use every core this process may run on (``metarl/apps/layout.py``: on 2 cores, 2 EnvRunners and 2 Learners); the
+first line printed names the layout.
 A second ``make run`` into the same folder stops with an error: pass ``--resume`` (with a larger ``--iterations``)
 or another ``--out``.
 
@@ -30,10 +33,10 @@ has 2.4 M), nor recurrent or state-space policies learning (their second-order m
 episodes makes each iteration 2-5x slower). BENCHMARKS.md has a 12 M-step run of the same command (300 iterations,
 after-adaptation ≈ 90 on the meta-batch, 114 on held-out tasks).
 
-How to debug in-process: ``--num-env-runners 0 --num-learners 0`` (the defaults) runs sampling, the inner
+How to debug in-process: ``--num-env-runners 0 --num-learners 0`` runs sampling, the inner
 step and the meta-update in this process, so ``breakpoint()`` in ``rllib_ext/runner.py`` (``run_task``) or
 ``rllib_ext/learner.py`` (``meta_gradient``) stops here; add ``--meta-batch-size 2 --episodes-per-task 4
---horizon 20`` for a run of seconds. Flags and outputs: ``rllib_ext/training.py`` (also ``metarl train``).
+--horizon 20`` for a run of seconds. Flags: ``metarl/apps/flags.py`` (also ``metarl train``).
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from metarl.apps.flags import add_arguments  # noqa: E402
+from metarl.apps.flags import add_arguments, resolve_layout  # noqa: E402
 from metarl.apps.run_loop import run  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.set_defaults(num_env_runners="auto", num_learners="auto")  # every core this machine gives the run
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        resolve_layout(args)
+        if args.layout is not None:
+            print(args.layout.describe(), flush=True)
         summary = run(args)
     except ValueError as e:
         parser.error(str(e))  # SystemExit(2) with the message; nothing was written

@@ -34,3 +34,45 @@ def test_resolve_replaces_only_auto():
 def test_bad_core_counts_are_refused(cores):
     with pytest.raises(ValueError, match="cores"):
         pick_layout(cores, meta_batch_size=20)
+
+
+def _args(*argv: str):
+    import argparse
+
+    from metarl.apps.flags import add_arguments
+
+    return add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_auto_flags_become_the_layout_of_the_given_cores():
+    from metarl.apps.flags import config_from_args
+
+    args = _args("--num-env-runners", "auto", "--num-learners", "auto", "--num-cpus", "2", "--meta-batch-size", "20")
+    config = config_from_args(args)
+    assert (config.num_env_runners, config.num_learners) == (2, 2)
+    assert args.layout == Layout(2, 2, 2) and "layout for 2 core(s)" in args.layout.describe()
+    fixed = _args("--num-env-runners", "1", "--num-learners", "auto", "--num-cpus", "4", "--meta-batch-size", "6")
+    config = config_from_args(fixed)
+    assert (config.num_env_runners, config.num_learners) == (1, 3)
+    plain = _args("--num-env-runners", "3")
+    config_from_args(plain)
+    assert plain.layout is None and plain.num_env_runners == 3
+
+
+def test_run_mujoco_defaults_to_auto_and_metarl_train_to_zero():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "run_mujoco.py"
+    spec = importlib.util.spec_from_file_location("run_mujoco", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.build_parser().parse_args([])
+    assert (args.num_env_runners, args.num_learners) == ("auto", "auto")
+    assert (_args().num_env_runners, _args().num_learners) == (0, 0)
+
+
+def test_a_count_that_is_neither_int_nor_auto_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        _args("--num-env-runners", "many")
+    assert e.value.code == 2 and "'many' is neither an integer nor 'auto'" in capsys.readouterr().err

@@ -10,9 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from metarl.apps.layout import AUTO, resolve, visible_cores
 from rllib_ext.fields import FIELDS, Field
 
 _TYPES = {int: int, float: float, str: str}
+#: count fields that also take "auto": a layout picked from the cores (metarl.apps.layout)
+AUTO_FIELDS = ("num_env_runners", "num_learners")
+
+
+def count_or_auto(text: str):
+    """argparse type of ``--num-env-runners`` / ``--num-learners``: an integer, or ``auto``."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'auto'") from e
 
 
 def json_object(text: str) -> dict:
@@ -32,7 +45,10 @@ def _add_field(group, f: Field) -> None:
         group.add_argument(f.option, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         return
     default = dict(f.default) if isinstance(f.default, dict) else f.default
-    group.add_argument(f.option, type=json_object if f.kind is dict else _TYPES[f.kind], default=default, help=help_)
+    kind = json_object if f.kind is dict else count_or_auto if f.name in AUTO_FIELDS else _TYPES[f.kind]
+    if f.name in AUTO_FIELDS:
+        help_ = help_.replace(" (default:", "; 'auto': picked from the cores (default:")
+    group.add_argument(f.option, type=kind, default=default, help=help_)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -62,6 +78,16 @@ def check_run_flags(args: argparse.Namespace) -> None:
                          "this machine's CPUs")
 
 
+def resolve_layout(args: argparse.Namespace) -> None:
+    """Replace ``auto`` runner/Learner counts by the layout for the cores (``--num-cpus``, else the cores this
+    process may use); the picked layout is kept as ``args.layout`` (None when nothing was ``auto``)."""
+    if getattr(args, "layout", None) is not None:
+        return  # resolved already
+    cores = args.num_cpus or visible_cores()
+    args.num_env_runners, args.num_learners, args.layout = resolve(
+        args.num_env_runners, args.num_learners, cores=cores, meta_batch_size=args.meta_batch_size)
+
+
 def config_from_args(args: argparse.Namespace):
     """``MAMLConfig`` from parsed flags: every field of the table set through its builder (``.meta``,
     ``.training``, ``.env_runners``, ``.learners``, ``.debugging``). Each value is checked by its row of the table;
@@ -70,6 +96,7 @@ def config_from_args(args: argparse.Namespace):
     from rllib_ext.fields import BUILDERS, check_field
 
     check_run_flags(args)
+    resolve_layout(args)
     for f in FIELDS:  # before RLlib's builders, which raise their own errors for some values
         check_field(f, getattr(args, f.dest))
     config = MAMLConfig()
