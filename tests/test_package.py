@@ -1,5 +1,6 @@
-"""Package-level contracts: no Ray at import, the CLI help, and the original README's examples run unchanged
-(except that they import from ``metarl``)."""
+"""Package-level contracts: no Ray at import, the CLI help, and the examples of the project's ORIGINAL README (before
+the RLlib rewrite) still run unchanged except that they import from ``metarl``: an API-compatibility check for
+code written against them. The current README's snippets, CLI examples and tables: tests/test_readme.py."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_python_m_metarl_help_lists_commands():
         assert command in proc.stdout
 
 
-README_SSM = """
+ORIGINAL_README_SSM = """
 import torch
 from metarl import StateSpaceModel
 
@@ -54,7 +55,7 @@ print(output.shape)       # torch.Size([4, 32])
 print(next_hidden.shape)  # torch.Size([4, 128])
 """
 
-README_MAML = """
+ORIGINAL_README_MAML = """
 import torch
 import torch.nn.functional as F
 from metarl import MetaMAML, StateSpaceModel
@@ -81,7 +82,7 @@ loss = maml.meta_update(tasks=tasks, initial_hidden_state=initial_hidden, loss_f
 print(f"Meta Loss: {loss:.4f}")
 """
 
-README_ADAPTER = """
+ORIGINAL_README_ADAPTER = """
 import torch
 from metarl import Adapter, AdaptationConfig, StateSpaceModel
 
@@ -115,20 +116,20 @@ for step in range(10):
 """
 
 
-def test_readme_ssm_example():
-    lines = _python(README_SSM).stdout.split("\n")
+def test_original_readme_ssm_example():
+    lines = _python(ORIGINAL_README_SSM).stdout.split("\n")
     assert lines[:2] == ["torch.Size([4, 32])", "torch.Size([4, 128])"]
 
 
-def test_readme_maml_example():
+def test_original_readme_maml_example():
     """4 tasks of batch 1 with a (4, state_dim) initial state: the "one row per task" reading."""
-    out = _python(README_MAML).stdout.strip()
+    out = _python(ORIGINAL_README_MAML).stdout.strip()
     assert out.startswith("Meta Loss: ")
     assert math.isfinite(float(out.split(": ")[1]))
 
 
-def test_readme_adapter_example():
-    lines = _python(README_ADAPTER).stdout.strip().split("\n")
+def test_original_readme_adapter_example():
+    lines = _python(ORIGINAL_README_ADAPTER).stdout.strip().split("\n")
     assert len(lines) == 10
     assert all(line.endswith("Internal Steps: 5") for line in lines)
     assert "nan" not in " ".join(lines)
