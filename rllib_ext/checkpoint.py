@@ -16,7 +16,8 @@ the sha256 and size of every file of the checkpoint, before the checkpoint becom
 file that differs. Checkpoints are pickles: checksums catch corruption, not tampering; load only your own.
 
 Fault injection (tests): ``METARL_FAULT_IN_SAVE=kill`` SIGKILLs the process inside ``save_checkpoint`` after the
-state is written and before it becomes visible (``=raise`` raises ``RuntimeError`` there instead).
+state is written and before it becomes visible (``=raise`` raises ``RuntimeError`` there instead); ``kill@N`` /
+``raise@N`` only in the save of iteration N.
 """
 
 from __future__ import annotations
@@ -127,8 +128,10 @@ def load_pickle(f: Path):
                               "corrupt or truncated") from e
 
 
-def _fault_hook(stage: str) -> None:
-    what = os.environ.get(FAULT_ENV)
+def _fault_hook(stage: str, iteration: int) -> None:
+    what, _, at = os.environ.get(FAULT_ENV, "").partition("@")
+    if at and int(at) != iteration:
+        return
     if what == "kill":
         logger.warning("%s=kill: killing process %d %s", FAULT_ENV, os.getpid(), stage)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -196,7 +199,7 @@ def save_checkpoint(
     if not is_complete(tmp):
         raise RuntimeError(f"checkpoint write of iteration {iteration} to {tmp} is incomplete; `latest` left as is")
     write_checksums(tmp)
-    _fault_hook("inside save_checkpoint (state written, not yet visible)")
+    _fault_hook(f"inside save_checkpoint of iteration {iteration} (state written, not yet visible)", iteration)
     if before_rename is not None:
         before_rename(tmp)
     final = ckpt_dir / name

@@ -21,7 +21,6 @@ No module-level Ray import: ``metarl train --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import threading
 import time
@@ -45,29 +44,25 @@ def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dic
     plan = prepare(args)
     output = plan["output"]
     try:
-        with _terminate_as_exit():
-            return _train(args, plan, echo)
+        return _train(args, plan, echo)
     finally:
         if plan["lock"] is not None:
             plan["lock"].release()
         output.cleanup()
 
 
-@contextlib.contextmanager
 def _terminate_as_exit():
-    """SIGTERM -> SystemExit(143) in the main thread (so ``finally`` clauses run); the old handler is restored."""
+    """SIGTERM -> SystemExit(143) in the main thread, so that ``finally`` clauses run; returns the old handler.
+
+    Installed AFTER ``ray.init``: Ray's core worker installs its own SIGTERM handler in the driver (it logs and
+    aborts, leaving the actors' processes to Ray's reaper)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        return None
 
     def on_term(signum, frame):
         raise SystemExit(128 + signum)
 
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    return signal.signal(signal.SIGTERM, on_term)
 
 
 def _results(args, plan: dict) -> dict:
@@ -94,6 +89,7 @@ def _train(args, plan: dict, echo: Callable[[str], None]) -> dict:
     clean_partial(run_dir)
 
     started_ray = init_ray_for_run(args)
+    old_term = _terminate_as_exit()
     algo = writer = None
     ckpt = plan["checkpoint"]
     try:
@@ -129,7 +125,7 @@ def _train(args, plan: dict, echo: Callable[[str], None]) -> dict:
     finally:
         if writer is not None:
             writer.close()
-        _stop(algo, started_ray)
+        _stop(algo, started_ray, old_term)
 
 
 def _iterate(algo, it: int) -> dict:
@@ -144,10 +140,13 @@ def _iterate(algo, it: int) -> dict:
     return record
 
 
-def _stop(algo, started_ray: bool) -> None:
-    """Stop the Algorithm's actors, then the Ray this run started; a second signal meanwhile does not cut it short."""
+def _stop(algo, started_ray: bool, term_handler) -> None:
+    """Stop the Algorithm's actors, then the Ray this run started; a second signal meanwhile does not cut it short.
+    SIGTERM's handler goes back to ``term_handler`` (the one before the run)."""
     main = threading.current_thread() is threading.main_thread()
     old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    if term_handler is not None:
+        old[signal.SIGTERM] = term_handler
     try:
         if algo is not None:
             algo.stop()
