@@ -84,8 +84,10 @@ def time_raw(task: str, *, steps: int, seed: int = 0) -> float:
 
 
 def time_ours(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> float:
+    """As ``run_task`` samples: with a dict of parameters (θ_k), acted with through ``functional_call``."""
+    params = {k: p.detach() for k, p in runner.module.net.named_parameters()}
     t0 = time.process_time()
-    batch = runner.sample_episodes(episodes, seed=seed)
+    batch = runner.sample_episodes(episodes, seed=seed, params=params)
     return batch.num_steps / (time.process_time() - t0)
 
 
@@ -97,7 +99,9 @@ def time_old(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> float:
 
 def check_same_episodes(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> None:
     """The frozen old sampler and ours give the same episodes for the same seed (else the comparison is moot)."""
-    new, old = runner.sample_episodes(episodes, seed=seed), old_sample_episodes(runner, episodes, seed=seed)
+    params = {k: p.detach() for k, p in runner.module.net.named_parameters()}
+    new = runner.sample_episodes(episodes, seed=seed, params=params)
+    old = old_sample_episodes(runner, episodes, seed=seed)
     for f in ("obs", "actions", "rewards", "mask", "logp"):
         if not np.array_equal(getattr(new, f), getattr(old, f)):
             raise AssertionError(f"old and new samplers differ in {f}")
@@ -256,7 +260,10 @@ def measure(args, num_envs: int, horizon: int) -> dict:
             rates["stock"].append(float("nan"))
     ours_runner.stop()
     stock_runner.stop()
-    return {k: statistics.median(v) for k, v in rates.items()}
+    out = {k: statistics.median(v) for k, v in rates.items()}
+    # ours vs old run back to back in each repeat: the median of the per-repeat ratios cancels slow load drifts
+    out["ours/old paired"] = statistics.median(a / b for a, b in zip(rates["ours"], rates["old"]))
+    return out
 
 
 def _code_key(fn) -> tuple[str, int, str]:
@@ -354,11 +361,12 @@ def main() -> None:
           f"env steps per CPU-second, median of {args.repeats}")
     if not args.profile_only:
         print(f"{'envs':>5} {'raw':>8} {'ours':>8} {'old':>8} {'stock':>8} {'ours/raw':>9} {'old/raw':>8} "
-              f"{'ours/old':>9} {'stock/raw':>10} {'ours/stock':>11}")
+              f"{'ours/old':>9} {'paired':>7} {'stock/raw':>10} {'ours/stock':>11}")
         for n in args.num_envs:
             m = measure(args, n, horizon)
             print(f"{n:>5} {m['raw']:>8.0f} {m['ours']:>8.0f} {m['old']:>8.0f} {m['stock']:>8.0f} "
                   f"{m['ours'] / m['raw']:>9.3f} {m['old'] / m['raw']:>8.3f} {m['ours'] / m['old']:>9.3f} "
+                  f"{m['ours/old paired']:>7.3f} "
                   f"{m['stock'] / m['raw']:>10.3f} {m['ours'] / m['stock']:>11.2f}", flush=True)
     if not args.no_profile:
         split = profile_split(args, args.profile_envs, horizon)

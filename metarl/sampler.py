@@ -78,7 +78,8 @@ class EpisodeRecorder:
     """Time-major logs of one sampling run (iteration k, env i) -> ``EpisodeBatch`` of whole episodes.
 
     ``obs[k]`` (n, D) is what the net sees at iteration k (row 0: the first resets); ``rewards[k]`` (n,);
-    ``steps`` one ``(k, i, episode, t)`` per recorded env step; ``success`` (n, quota) when tracked.
+    ``steps``: four lists (iteration k, env i, episode, t), one entry each per recorded env step (four int lists
+    convert to arrays faster than a list of tuples); ``success`` (n, quota) when tracked.
     """
 
     def __init__(self, *, num_envs: int, quota: int, horizon: int, observation_space: gym.Space,
@@ -90,7 +91,8 @@ class EpisodeRecorder:
         max_iters = quota * (horizon + 1)  # each episode: <= horizon steps + the reset iteration after it
         self.obs = np.zeros((max_iters + 1, num_envs, self.obs_dim), observation_space.dtype)  # (K+1, n, D)
         self.rewards = np.zeros((max_iters, num_envs), np.float64)  # (K, n)
-        self.steps: list[tuple[int, int, int, int]] = []
+        self.steps: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+        self.log_step = tuple(x.append for x in self.steps)  # bound appends: (k, i, episode, t)
         self.success = np.zeros((num_envs, quota)) if track_success else None
         self._actions: list[torch.Tensor] = []  # per iteration: (n[, A]) as sampled (before clipping)
         self._aux: list[torch.Tensor] = []
@@ -106,7 +108,7 @@ class EpisodeRecorder:
         n, quota, horizon = self.n, self.quota, self.horizon
         fdt = np.float64 if dtype == torch.float64 else np.float32
         logp = log_prob_of_sample(torch.stack(self._dist_inputs), torch.stack(self._aux), discrete=self.discrete)
-        kk, ii, ee, tt = np.asarray(self.steps, np.int64).reshape(-1, 4).T
+        kk, ii, ee, tt = (np.asarray(x, np.int64) for x in self.steps)
         obs = np.zeros((n, quota, horizon, self.obs_dim), fdt)
         act = np.zeros((n, quota, horizon, *self.act_shape), np.int64 if self.discrete else fdt)
         rew, logp_b, mask = (np.zeros((n, quota, horizon), fdt) for _ in range(3))
@@ -143,7 +145,8 @@ class _Autoreset:
 
     def step(self, envs: Sequence[gym.Env], env_action: np.ndarray, rec: EpisodeRecorder, k: int) -> list[int]:
         """Reset the pending envs, step the active ones into ``rec``'s row k; returns the envs just reset."""
-        next_obs, rew, steps, success = rec.obs[k + 1], rec.rewards[k], rec.steps, rec.success
+        next_obs, rew, success = rec.obs[k + 1], rec.rewards[k], rec.success
+        log_k, log_i, log_ep, log_t = rec.log_step
         episode, t, pending, active = self.episode, self.t, self.pending, self.active
         fresh = []
         for i, env in enumerate(envs):
@@ -153,7 +156,10 @@ class _Autoreset:
                 fresh.append(i)
             elif active[i]:
                 next_obs[i], rew[i], term, trunc, info = env.step(env_action[i])
-                steps.append((k, i, episode[i], t[i]))
+                log_k(k)
+                log_i(i)
+                log_ep(episode[i])
+                log_t(t[i])
                 if success is not None and info.get("success"):
                     success[i, episode[i]] = 1.0
                 if term or trunc:
