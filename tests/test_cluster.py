@@ -1,12 +1,13 @@
 """Cluster: `ray job submit` to a real two-node Ray cluster on this machine, and the docker/ manifests.
 
-The job tests share one cluster (module fixture ``ray_cluster``): a head that offers NO CPU (``--num-cpus=0``, as
-the head of docker/rayjob.yaml) and a worker node with 2 CPUs, each `ray start --block` in its own process group
-and temp dir, on free loopback ports (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), with token auth and the token file in
-a temporary folder (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH). A job's driver runs on the head, so every EnvRunner
-(1 CPU) must land on the worker node: the test reads the runners' node ids back from Ray's state API. The fixture
-stops exactly the two nodes it started (SIGTERM, then SIGKILL, to their process groups; never `ray stop`, which
-would end every Ray process of the user). Marked `cluster`: the Makefile runs them in their own pytest process
+The job test runs on a cluster of its own (fixture ``ray_cluster``): a head that offers NO CPU (``ray start --head
+--num-cpus=0``, as the head of docker/rayjob.yaml) and a worker node with 2 CPUs (``WORKER_NODE``: `ray start
+--address` refuses in loopback mode), each in its own process group and temp dir, on free loopback ports
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), with token auth and the token file in a temporary folder
+(RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH). A job's driver runs on the head, so every EnvRunner (1 CPU) must land
+on the worker node: the test reads the runners' node ids back from Ray's state API. The fixture stops exactly the
+two nodes it started (SIGTERM, then SIGKILL, to their process groups; never `ray stop`, which would end every Ray
+process of the user). Marked `cluster`: the Makefile runs them in their own pytest process
 (tests/run_cluster_tests.py). The manifest tests (parse, entry points, versions, resource math) are plain tests.
 """
 
@@ -191,7 +192,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL, to the process group of a node we started (and only to it)."""
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
