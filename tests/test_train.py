@@ -10,6 +10,8 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -158,6 +160,32 @@ def test_check_finite_table():
             with pytest.raises(FloatingPointError, match=f"iteration 7: {key} = .*{component}"):
                 records_mod.check_finite({**ok, key: bad}, 7)
     records_mod.check_finite({**ok, "time/meta_update_s": math.nan}, 1)  # bookkeeping is not checked
+
+
+@pytest.mark.timeout(240)
+def test_failed_upload_keeps_the_local_copy_and_names_it(tmp_path, monkeypatch):
+    """The URI's folder is replaced by a file after the writability check (the bucket went away mid-run): the
+    upload fails, the run stops with an error naming the local copy, which is kept and resumable."""
+    from metarl.apps.run_folder import UploadError
+
+    remote = tmp_path / "bucket" / "run"
+    save = run_loop.save_checkpoint
+
+    def save_then_break_the_bucket(*a, **kw):
+        ckpt = save(*a, **kw)
+        if remote.is_dir():
+            shutil.rmtree(remote)
+            remote.write_text("not a folder any more")
+        return ckpt
+
+    monkeypatch.setattr(run_loop, "save_checkpoint", save_then_break_the_bucket)
+    with pytest.raises(UploadError, match=r"upload to file://.* failed.*the run is kept in (\S+): resume it") as e:
+        run_loop.run(tiny_args(f"file://{remote}", 2), echo=lambda s: None)
+    local = pathlib.Path(re.search(r"the run is kept in (\S+):", str(e.value)).group(1))
+    assert latest_name(local) == "checkpoint_000001" and [r["iteration"] for r in records(local)] == [1]
+    monkeypatch.undo()
+    assert run_loop.run(tiny_args(local, 2, "--resume"), echo=lambda s: None)["completed"] == 2
+    shutil.rmtree(local)
 
 
 @pytest.mark.timeout(240)
