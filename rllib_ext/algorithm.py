@@ -90,6 +90,9 @@ class MAML(Algorithm):
         self.last_tasks: list = []
         self._retried_tasks = 0  # tasks re-run after a runner failure (lifetime of this Algorithm object)
         self._runner_nodes: dict[int, str] = {}  # EnvRunner index -> Ray node id it last ran tasks on (named if lost)
+        self._last_eval: dict[str, float] = {}  # the latest held-out evaluation, carried forward between evaluations
+        self._eval_env_steps = 0  # env steps of every held-out evaluation (lifetime; not in env_steps/lifetime)
+        self._trained_steps = 0  # training env steps so far (what env_steps/lifetime reports)
         self.push_weights()
 
     # --- one meta-iteration --------------------------------------------------------------------------------------
@@ -111,6 +114,51 @@ class MAML(Algorithm):
         t_update = time.perf_counter() - t0
         self.push_weights()
         self._log_iteration(results, learner_metrics, t_sample=t_sample, t_update=t_update)
+        self._log_heldout(iteration, trained_steps=self._lifetime_steps(results))
+
+    # --- held-out evaluation (rllib_ext.heldout: the same function as metarl evaluate) ---------------------------
+    def evaluate_heldout(self) -> tuple[list[dict], dict[str, float]]:
+        """Adapt the current θ on the family's held-out test tasks (``eval_*`` fields), the jobs spread over the
+        runners by ``run_jobs``; returns (per-task records, ``eval/...`` metrics without the prefix)."""
+        from rllib_ext.heldout import heldout_metrics, run_heldout
+
+        cfg = self.config
+        per_task = run_heldout(self.run_jobs, task=cfg.task, task_options=cfg.task_options,
+                               num_tasks=cfg.eval_tasks, test_seed=cfg.eval_test_seed,
+                               inner_steps=cfg.eval_inner_steps,
+                               episodes=cfg.eval_episodes or cfg.episodes_per_task, seed=cfg.eval_seed)
+        return per_task, heldout_metrics(per_task)
+
+    def _eval_due(self, iteration: int, trained_steps: int) -> bool:
+        """Evaluate at the first iteration, every ``eval_every`` iterations and at the last (the budget's)."""
+        cfg = self.config
+        if not cfg.eval_every:
+            return False
+        last = ((cfg.budget_env_steps is not None and trained_steps >= cfg.budget_env_steps)
+                or (cfg.budget_iterations is not None and iteration + 1 >= cfg.budget_iterations))
+        return iteration == 0 or (iteration + 1) % cfg.eval_every == 0 or last
+
+    def _lifetime_steps(self, results: list[TaskResult]) -> int:
+        """Training env steps up to and including this iteration (``env_steps/lifetime`` once reduced)."""
+        self._trained_steps += sum(r.env_steps for r in results)
+        return self._trained_steps
+
+    def _log_heldout(self, iteration: int, *, trained_steps: int) -> None:
+        """Log the held-out metrics: fresh ones when due, else the last ones carried forward (``eval/fresh`` = 0),
+        so that the metric is never NaN after the first evaluation (ASHA would let a NaN pass a rung)."""
+        fresh = self._eval_due(iteration, trained_steps)
+        if fresh:
+            t0 = time.perf_counter()
+            _, values = self.evaluate_heldout()
+            self._eval_env_steps += values["env_steps"]
+            self._last_eval = {**values, "time_s": time.perf_counter() - t0, "at_env_steps": trained_steps}
+        if not self._last_eval:
+            return
+        m = self.metrics
+        for key, v in self._last_eval.items():
+            m.log_value(("eval", *key.split("/")), v, window=1)
+        m.log_value(("eval", "fresh"), int(fresh), window=1)
+        m.log_value(("eval", "env_steps_lifetime"), self._eval_env_steps, window=1)
 
     def run_jobs(self, jobs: list[TaskJob]) -> list[TaskResult]:
         """Run every job on the runners; re-run the jobs of dead runners. Never drops a task silently."""
@@ -266,11 +314,17 @@ class MAML(Algorithm):
     def get_state(self, *args, **kwargs):
         state = super().get_state(*args, **kwargs)
         state["maml_task_rng"] = self._task_rng.bit_generator.state
+        state["maml_heldout"] = {"last_eval": dict(self._last_eval), "eval_env_steps": self._eval_env_steps,
+                                 "trained_steps": self._trained_steps}
         return state
 
     def set_state(self, state) -> None:
         super().set_state(state)
         if "maml_task_rng" in state:
             self._task_rng.bit_generator.state = state["maml_task_rng"]
+        if "maml_heldout" in state:  # the carried-forward evaluation survives a restore
+            h = state["maml_heldout"]
+            self._last_eval, self._eval_env_steps = dict(h["last_eval"]), h["eval_env_steps"]
+            self._trained_steps = h["trained_steps"]
         if COMPONENT_LEARNER_GROUP in state:  # RLlib's own sync here is fire-and-forget (see push_weights)
             self.push_weights()

@@ -113,6 +113,11 @@ class MAMLConfig(AlgorithmConfig):
                 f"num_envs_per_env_runner = {self.num_envs_per_env_runner} (each sub-env runs the same number of "
                 "whole episodes of the runner's task)"
             )
+        if self.eval_episodes is not None and self.eval_episodes % self.num_envs_per_env_runner:
+            raise ValueError(
+                f"MAMLConfig.eval_episodes = {self.eval_episodes} (flag --eval-episodes) must be a multiple of "
+                f"num_envs_per_env_runner = {self.num_envs_per_env_runner} (or None: episodes_per_task)"
+            )
         n_learners = max(self.num_learners, 1)
         if self.meta_batch_size % n_learners:
             raise ValueError(

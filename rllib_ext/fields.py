@@ -134,6 +134,19 @@ FIELDS: tuple[Field, ...] = (
     _meta("task_seed", int, None, "seed of the task sampler", lo=0, none="the config's seed"),
     _meta("max_task_retries", int, 3, "re-run a dead runner's tasks on healthy runners this many times, "
           "then fail", lo=0),
+    # --- held-out evaluation inside the run (rllib_ext.heldout: the same as metarl evaluate) ---
+    _meta("eval_every", int, 0, "held-out evaluation every N meta-iterations, also at the first and at the last "
+          "(the one reaching budget_env_steps / budget_iterations); 0 = off. Logs eval/... (not in env_steps)", lo=0),
+    _meta("eval_tasks", int, 10, "held-out test tasks per evaluation (test_tasks(n, seed=eval_test_seed))", lo=1),
+    _meta("eval_episodes", int, None, "episodes per test task per step (a multiple of num_envs_per_env_runner)",
+          lo=1, none="episodes_per_task"),
+    _meta("eval_inner_steps", int, 1, "inner steps K of the evaluation (every method adapts, multitask too)", lo=0),
+    _meta("eval_test_seed", int, 1, "seed of the held-out test-task set (metarl evaluate --test-seed)", lo=0),
+    _meta("eval_seed", int, 0, "seed of the evaluation episodes (metarl evaluate --seed)", lo=0),
+    _meta("budget_env_steps", int, None, "the run's training budget in env_steps/lifetime (metarl sweep "
+          "--env-steps stops the trial there): the iteration reaching it is evaluated", lo=1, none="no env-step budget"),
+    _meta("budget_iterations", int, None, "the run's last iteration (metarl sweep --iterations): evaluated", lo=1,
+          none="no iteration budget"),
     # --- the outer loop and resources: RLlib's own fields, validated the same way ---
     Field("lr", float, 1e-3, "Adam lr of the meta-update", lo=0, lo_open=True, builder="training",
           flag="--outer-lr"),

@@ -10,8 +10,14 @@ One trial = one ``MAML`` run of ``MAMLConfig`` with these fields set by the grid
     width      = matched[task][backbone]: the width at which the backbone has ~``target_params`` parameters
                  (``metarl.models.build_matched``), so that backbones are compared at an equal size
 
-The numbers that do not vary (iterations, meta-batch, runners, resources, checkpoints, scheduler) come from a
-``SweepSize`` (``SIZES["smoke"]`` runs on a laptop in minutes, ``SIZES["full"]`` is the paper-sized run).
+The numbers that do not vary (the budget, meta-batch, runners, resources, checkpoints, evaluation, scheduler) come
+from a ``SweepSize`` (``SIZES["smoke"]`` runs on a laptop in minutes, ``SIZES["full"]`` is the paper-sized run).
+
+Fair by construction: every trial stops at the same training budget in env steps (``env_steps/lifetime``; MAML
+samples K+1 batches per task and iteration, the multitask baseline one, so the baseline runs more iterations), and
+every trial is ranked on the same held-out metric ``METRIC``: its current θ adapted ``eval_inner_steps`` inner
+steps on the family's held-out test tasks (``rllib_ext.heldout``, the function of ``metarl evaluate``), the
+multitask baseline included. Evaluation env steps are logged apart (``eval/env_steps_lifetime``).
 ``check_axes`` raises ``ValueError`` for bad axes before Ray starts; nothing here imports Ray at module level.
 """
 
@@ -24,14 +30,16 @@ from metarl import models, tasks
 
 METHODS = {"maml": None, "multitask": 0}  # method -> inner_steps (None: the size's inner_steps)
 DEFAULT_TASKS = ("halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "humanoid-dir")
-METRIC = "adapt/return_post"  # what ASHA and the best-trial summary rank by (mode "max")
+METRIC = "eval/return_post"  # held-out return after eval_inner_steps steps: what ASHA and the report rank by ("max")
+FRESH = "eval/fresh"  # 1 on a result that holds a new evaluation (0: carried forward); ASHA's rungs fall on these
+CLOCK = "env_steps/lifetime"  # the training budget every method gets alike (Tune stopper and ASHA's time_attr)
 
 
 @dataclass(frozen=True)
 class SweepSize:
     """Everything a sweep fixes across its trials (one docstring-comment per field)."""
 
-    iterations: int  # meta-iterations per trial (the Tune stop criterion on training_iteration)
+    iterations: int | None  # meta-iterations per trial (a Tune stop on training_iteration); None: env_steps only
     meta_batch_size: int  # tasks per meta-iteration
     episodes_per_task: int  # episodes per task per inner step (multiple of num_envs_per_env_runner)
     num_env_runners: int  # remote EnvRunners per trial (0: sample in the trial's main process)
@@ -45,25 +53,38 @@ class SweepSize:
     num_cpus_per_env_runner: float = 1.0
     checkpoint_frequency: int = 10  # checkpoint every N iterations (and at the end): failed trials resume there
     max_failures: int = 3  # retries per trial, each from its last checkpoint
-    scheduler: str = "asha"  # "fifo" or "asha" (early-stops trials that lag on adapt/return_post)
-    grace_period: int = 50  # ASHA: iterations before a trial can be stopped
+    scheduler: str = "fifo"  # "fifo" or "asha" (PerGroupASHA: per task family, on METRIC, clock env steps)
+    grace_period: int = 1_000_000  # ASHA: env steps before a trial can be stopped (needs env_steps as max_t)
     meta_overrides: dict = field(default_factory=dict)  # extra MAMLConfig.meta(...) fields
+    env_steps: int | None = None  # training budget per trial in env_steps/lifetime (a Tune stop), every method alike
+    eval_every: int = 10  # held-out evaluation every N iterations, at the first and at the last (0: off)
+    eval_tasks: int = 10  # held-out test tasks per evaluation
+    eval_episodes: int | None = None  # episodes per test task per step (None: episodes_per_task)
+    eval_inner_steps: int = 1  # K of the held-out evaluation (every method adapts, multitask too)
 
 
 SIZES: dict[str, SweepSize] = {
-    # 2 CPUs, minutes: each trial = 1 CPU (no remote actors), so two trials run side by side
-    "smoke": SweepSize(iterations=2, meta_batch_size=2, episodes_per_task=2, num_env_runners=0,
+    # 2 CPUs, minutes: each trial = 1 CPU (no remote actors), so two trials run side by side. 320 env steps = 2
+    # MAML iterations (2 tasks x 2 episodes x 2 batches x 20 steps) = 4 multitask iterations
+    "smoke": SweepSize(iterations=None, env_steps=320, meta_batch_size=2, episodes_per_task=2, num_env_runners=0,
                        num_envs_per_env_runner=2, target_params=600, outer_steps=1, horizon=20,
-                       checkpoint_frequency=1, max_failures=1, scheduler="fifo", grace_period=1),
+                       checkpoint_frequency=1, max_failures=1, scheduler="fifo", grace_period=160,
+                       eval_every=1, eval_tasks=2),
     # a real but small comparison on a laptop (tens of minutes on 2 CPUs for a few backbones on navigation-2d):
-    # the budget of the README's results table
-    "laptop": SweepSize(iterations=20, meta_batch_size=10, episodes_per_task=10, num_env_runners=0,
-                        num_envs_per_env_runner=10, target_params=5_000, outer_steps=5, checkpoint_frequency=10,
-                        max_failures=1, scheduler="fifo", grace_period=10),
-    # the comparison itself: per trial 1 main CPU + 8 EnvRunners x 1 CPU (+ GPUs from --gpus-per-trial)
-    "full": SweepSize(iterations=500, meta_batch_size=40, episodes_per_task=20, num_env_runners=8,
-                      num_envs_per_env_runner=10, target_params=50_000, outer_steps=5, checkpoint_frequency=25,
-                      max_failures=3, scheduler="asha", grace_period=100),
+    # 20 MAML iterations of navigation-2d (10 tasks x 10 episodes x 2 batches x 100 steps = 20,000 per iteration)
+    "laptop": SweepSize(iterations=None, env_steps=400_000, meta_batch_size=10, episodes_per_task=10,
+                        num_env_runners=0, num_envs_per_env_runner=10, target_params=5_000, outer_steps=5,
+                        checkpoint_frequency=10, max_failures=1, scheduler="fifo", grace_period=100_000,
+                        eval_every=5, eval_tasks=10),
+    # the comparison itself: per trial 1 main CPU + 8 EnvRunners x 1 CPU (+ GPUs from --gpus-per-trial).
+    # 5 M env steps per trial (HalfCheetah, H=100: 40 tasks x 20 episodes x 2 x 100 = 160,000 per MAML iteration,
+    # ~31 MAML / ~62 multitask iterations). FIFO, not ASHA: no recorded sweep has yet measured what fraction of
+    # the final per-family ranking ASHA preserves (issue 16 item 3); until one does, every trial runs its budget.
+    # With --scheduler asha: PerGroupASHA, grace period 1 M env steps, rungs on evaluations.
+    "full": SweepSize(iterations=None, env_steps=5_000_000, meta_batch_size=40, episodes_per_task=20,
+                      num_env_runners=8, num_envs_per_env_runner=10, target_params=50_000, outer_steps=5,
+                      checkpoint_frequency=5, max_failures=3, scheduler="fifo", grace_period=1_000_000,
+                      eval_every=5, eval_tasks=40, eval_inner_steps=1),
 }
 
 
@@ -120,7 +141,9 @@ def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
         MAMLConfig()
         .meta(meta_batch_size=size.meta_batch_size, episodes_per_task=size.episodes_per_task,
               outer_steps=size.outer_steps, inner_steps=size.inner_steps, horizon=size.horizon,
-              **size.meta_overrides)
+              eval_every=size.eval_every, eval_tasks=size.eval_tasks, eval_episodes=size.eval_episodes,
+              eval_inner_steps=size.eval_inner_steps, budget_env_steps=size.env_steps,
+              budget_iterations=size.iterations, **size.meta_overrides)
         .env_runners(num_env_runners=size.num_env_runners, num_envs_per_env_runner=size.num_envs_per_env_runner,
                      num_cpus_per_env_runner=size.num_cpus_per_env_runner)
         .learners(num_learners=size.num_learners,
@@ -161,3 +184,32 @@ def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str],
 def with_size(size: SweepSize, **changes) -> SweepSize:
     """A copy of ``size`` with some fields changed (e.g. ``iterations`` from the command line)."""
     return dataclasses.replace(size, **changes)
+
+
+def stop_criteria(size: SweepSize) -> dict:
+    """Tune's stop: ``env_steps/lifetime >= env_steps`` and/or ``training_iteration >= iterations``."""
+    stop = {CLOCK: size.env_steps} if size.env_steps is not None else {}
+    if size.iterations is not None:
+        stop["training_iteration"] = size.iterations
+    if not stop:
+        raise ValueError("the sweep needs a budget: --env-steps N and/or --iterations N (both are None)")
+    return stop
+
+
+def make_scheduler(size: SweepSize):
+    """FIFO, or ``PerGroupASHA``: one ASHA per task family on ``METRIC``, clock ``CLOCK`` (env steps), acting
+    only on fresh evaluations; its max_t is the env-step budget."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune_configs.schedulers import PerGroupASHA
+
+    if size.scheduler == "fifo":
+        return FIFOScheduler()
+    if size.scheduler != "asha":
+        raise ValueError(f"scheduler = {size.scheduler!r}; allowed: 'fifo' or 'asha'")
+    if size.env_steps is None or not size.eval_every:
+        raise ValueError("scheduler 'asha' needs an env-step budget (--env-steps, its max_t) and held-out "
+                         f"evaluation (eval_every > 0); got env_steps = {size.env_steps}, eval_every = "
+                         f"{size.eval_every}")
+    return PerGroupASHA(group_by="task", time_attr=CLOCK, max_t=size.env_steps,
+                        grace_period=min(size.grace_period, size.env_steps), fresh_attr=FRESH)

@@ -52,10 +52,8 @@ def _largest_divisor(k: int, *, at_most: int) -> int:
 def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40, num_envs: int | None = None,
              inner_lr: float | None = None, test_seed: int = 1, seed: int = 0) -> dict:
     """Adapt on each test task; returns {"steps": [per-k summary], "per_task": [...], "provenance": ...}."""
-    from metarl import tasks
-    from metarl.sampler import derive_seed
     from rllib_ext.checkpoint import load_config, resolve_checkpoint
-    from rllib_ext.jobs import TaskJob
+    from rllib_ext.heldout import run_heldout
     from rllib_ext.runner import MAMLEnvRunner
 
     for name, v, lo in (("adapt_steps", adapt_steps, 0), ("episodes", episodes, 1), ("num_tasks", num_tasks, 1)):
@@ -70,22 +68,13 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
     if inner_lr is not None:
         cfg.meta(inner_lr=inner_lr)
     cfg.env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs)
-    test_tasks = tasks.make(cfg.task, **cfg.task_options).unwrapped.test_tasks(num_tasks, seed=test_seed)
 
     runner = MAMLEnvRunner(config=cfg)
     try:
         _load_policy_weights(runner.module, cfg, ckpt)
-        per_task = []
-        for i, task in enumerate(test_tasks):
-            out = runner.run_task(TaskJob(task=task, task_index=i, iteration=-1, seed=derive_seed(seed, i),
-                                          inner_steps=adapt_steps, episodes_per_task=episodes))
-            batches = out.batches
-            per_task.append({
-                "task": np.asarray(task.as_array()).tolist(),
-                "returns": [b.episode_returns().tolist() for b in batches],  # [k][episode]
-                "env_steps": [b.num_steps for b in batches],
-                "success": episode_success(batches),  # [k][episode] 0/1, None if the family reports no success
-            })
+        # the same function as the evaluation inside a trial (MAML.evaluate_heldout): same tasks, seeds, jobs
+        per_task = run_heldout(runner.run_tasks, task=cfg.task, task_options=cfg.task_options, num_tasks=num_tasks,
+                               test_seed=test_seed, inner_steps=adapt_steps, episodes=episodes, seed=seed)
     finally:
         runner.stop()
     check_finite_returns(per_task, inner_lr=cfg.inner_lr)
@@ -116,13 +105,6 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
         "provenance": provenance(config=cfg, seeds={"seed": seed, "test_seed": test_seed},
                                  extra={"checkpoint": str(ckpt)}),
     }
-
-
-def episode_success(batches) -> list[list[float]] | None:
-    """Per step k, per episode: 1.0 if ``info["success"]`` was true at some step (None without success)."""
-    if any(b.success is None for b in batches):
-        return None
-    return [b.success.tolist() for b in batches]
 
 
 def success_summary(per_task: list[dict], k: int) -> dict:

@@ -1,20 +1,23 @@
 """``metarl report DIR``: turn a Tune sweep folder into ``DIR/report.md`` and ``DIR/plots/*.png``.
 
 Reads every trial folder ``DIR/<trial>/`` holding ``params.json`` plus ``progress.csv`` (or ``result.json``, one
-JSON result per line). Per (task, backbone, method) cell, over its seeds, at each trial's last iteration:
+JSON result per line). The ranking uses the held-out evaluation every trial runs on itself (``eval/...``,
+``rllib_ext.heldout``: the function of ``metarl evaluate``; every method adapts, the multitask baseline too), at
+each trial's last fresh evaluation (``eval/fresh`` = 1), per task family:
 
-    return before adaptation  R_0 = adapt/return_step_0      (θ)
-    return after k steps      R_k = adapt/return_step_k      (θ_k, k = 1..K; the multitask baseline has K = 0)
-    gain                      R_K - R_0
-    success before / after    adapt/success_step_0 / adapt/success_step_K  (families that report success: Meta-World)
-    env steps, wall time      env_steps/lifetime, time_total_s
-    parameters                model/num_params (the whole policy module; backbones matched by metarl sweep)
+    held-out before / after K  eval/return_step_0 / eval/return_post   (θ / θ_K on the family's test tasks)
+    95% interval               two-level bootstrap over (seed x held-out task) of eval/task_return/<i>
+                               (``metarl.apps.stats``), and which differences to the best are within noise
+    env steps, wall time       env_steps/lifetime (the training budget; evaluation steps apart:
+                               eval/env_steps_lifetime), time_total_s (evaluations included)
 
-each written as ``mean ± std`` (std over seeds, ddof=1; 0 with one seed). With ``--evaluate K`` each trial's last
-checkpoint is also adapted on held-out test tasks (``metarl.evaluate``: K inner steps, the multi-task baseline
-included, which training never adapts) and a second table reports those returns. Plots: ``learning_<task>.png``
-(adapt/return_post per iteration, one line per backbone/method, band = ±1 std over seeds) and
-``adaptation_<task>.png`` (final return vs number of inner steps k). No Ray import; matplotlib with Agg.
+Each value is ``mean ± std`` over seeds (ddof=1; 0 with one seed). A second table keeps the training metrics of
+the meta-batch at each trial's last iteration (``adapt/return_step_k``: for the multitask baseline the return
+*before* adaptation, so it ranks nothing). With ``--evaluate K`` each trial's last checkpoint is also adapted
+afresh (``metarl.evaluate``) and a third table reports those returns. Plots (PNG, axis labels with units, legend
+outside the data): ``learning_<task>.png`` (held-out return after K steps vs training env steps, one line per
+backbone x method, band = ±1 std over seeds) and ``adaptation_<task>.png`` (held-out return vs inner steps k at
+the last evaluation). No Ray import; matplotlib with Agg.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 #: columns the report reads: a cell here that is not a number is warned about (Tune's other columns hold text)
-USED_PREFIXES = ("adapt/", "meta/", "env_steps/", "model/", "training_iteration", "time_total_s")
+USED_PREFIXES = ("adapt/", "eval/", "meta/", "env_steps/", "model/", "training_iteration", "time_total_s")
 
 
 class BrokenTrial(ValueError):
@@ -237,8 +240,126 @@ def _label(backbone: str, method: str) -> str:
     return backbone if method == "maml" else f"{backbone} ({method})"
 
 
+# --- the held-out ranking ---------------------------------------------------------------------------------------
+EVAL_POST = "eval/return_post"
+
+
+def _fresh_rows(t: Trial) -> list[dict]:
+    """The trial's results that hold a new held-out evaluation (older sweeps without ``eval/fresh``: none)."""
+    return [r for r in t.rows if r.get("eval/fresh") == 1 and not math.isnan(r.get(EVAL_POST, math.nan))]
+
+
+def _task_returns(row: dict) -> list[float]:
+    """Per held-out task: its mean return with θ_K (``eval/task_return/<i>``, i = 0, 1, ...)."""
+    out, i = [], 0
+    while f"eval/task_return/{i}" in row and not math.isnan(row[f"eval/task_return/{i}"]):
+        out.append(row[f"eval/task_return/{i}"])
+        i += 1
+    return out
+
+
+def heldout_cells(trials: list[Trial]) -> list[dict]:
+    """One dict per (task, backbone, method) with evaluated trials: values at each trial's last fresh evaluation,
+    ``per_task`` (seeds x held-out tasks) and its bootstrap ``interval`` (``metarl.apps.stats``)."""
+    from metarl.apps.stats import interval
+
+    cells: dict[tuple, list[Trial]] = defaultdict(list)
+    for t in trials:
+        if _fresh_rows(t):
+            cells[t.key].append(t)
+    out = []
+    for (task, backbone, method), ts in sorted(cells.items()):
+        last = [_fresh_rows(t)[-1] for t in ts]
+        ends = [t.rows[-1] for t in ts]
+        per_task = [_task_returns(r) for r in last]
+        cell = {"task": task, "backbone": backbone, "method": method, "seeds": len(ts),
+                "steps": _eval_steps(last), "after": _mean_std([r[EVAL_POST] for r in last])}
+        for k in cell["steps"]:
+            cell[f"return_step_{k}"] = _mean_std([r.get(f"eval/return_step_{k}", math.nan) for r in last])
+        if per_task and all(per_task) and len({len(x) for x in per_task}) == 1:
+            cell["per_task"] = per_task
+            cell["interval"] = interval(per_task)
+        for name, col in (("iterations", "training_iteration"), ("env_steps", "env_steps/lifetime"),
+                          ("eval_env_steps", "eval/env_steps_lifetime"), ("wall_s", "time_total_s"),
+                          ("num_params", "model/num_params")):
+            cell[name] = _mean_std([r.get(col, math.nan) for r in ends])
+        out.append(cell)
+    return out
+
+
+def _eval_steps(rows: list[dict]) -> list[int]:
+    return sorted({int(c.rsplit("_", 1)[1]) for r in rows for c in r if c.startswith("eval/return_step_")})
+
+
+def ranked(cells: list[dict]) -> dict[str, list[dict]]:
+    """{task: cells best first by the mean held-out return after K steps}."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for c in cells:
+        by_task[c["task"]].append(c)
+    return {task: sorted(cs, key=lambda c: -c["after"][0]) for task, cs in sorted(by_task.items())}
+
+
+def _interval_text(c: dict) -> str:
+    iv = c.get("interval")
+    return "n/a" if iv is None else f"[{iv.low:.2f}, {iv.high:.2f}]"
+
+
+def noise_lines(cells: list[dict]) -> list[str]:
+    """Each cell against the family's best: the difference of means, its 95% bootstrap interval and whether it is
+    within noise (the interval contains 0; ``metarl.apps.stats.within_noise``)."""
+    from metarl.apps.stats import difference, within_noise
+
+    best, lines = cells[0], []
+    for c in cells[1:]:
+        name = f"{_label(best['backbone'], best['method'])} vs {_label(c['backbone'], c['method'])}"
+        if "per_task" not in best or "per_task" not in c:
+            lines.append(f"- {name}: no per-task values, not tested")
+            continue
+        d = difference(best["per_task"], c["per_task"])
+        verdict = "within noise" if within_noise(best["per_task"], c["per_task"]) else "beyond noise"
+        lines.append(f"- {name}: Δ = {d.mean:.2f}, 95% interval [{d.low:.2f}, {d.high:.2f}]: {verdict}")
+    return lines
+
+
+def ranking_markdown(cells: list[dict]) -> str:
+    """Per family: the ranked table and which differences to the best are within noise."""
+    parts = []
+    for task, cs in ranked(cells).items():
+        k = max((c["steps"][-1] for c in cs if c["steps"]), default=0)
+        head = ["rank", "backbone", "method", "seeds", "params", "held-out before (θ)",
+                f"held-out after {k} step{'s' * (k != 1)}", "95% interval (seed × task)", "env steps (budget)",
+                "eval env steps", "iters", "wall time (s)"]
+        lines = [f"### {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for rank, c in enumerate(cs, start=1):
+            params = c["num_params"][0]
+            lines.append("| " + " | ".join([
+                str(rank), c["backbone"], c["method"], str(c["seeds"]),
+                "n/a" if math.isnan(params) else f"{int(round(params)):,}",
+                _fmt(c.get("return_step_0", (math.nan, math.nan)), 2), _fmt(c["after"], 2), _interval_text(c),
+                _fmt(c["env_steps"], 0), _fmt(c["eval_env_steps"], 0), f"{c['iterations'][0]:.0f}",
+                _fmt(c["wall_s"], 1)]) + " |")
+        noise = noise_lines(cs)
+        if noise:
+            lines += ["", "Differences to the best (bootstrap over seed × held-out task, 95%):", "", *noise]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+# --- plots ------------------------------------------------------------------------------------------------------
+def _learning_curves(ts: list[Trial]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, curves): mean training env steps and held-out return after K at each evaluation, (seeds, evals)."""
+    rows = [_fresh_rows(t) for t in ts]
+    n = max(len(r) for r in rows)
+    x, y = np.full((len(ts), n), np.nan), np.full((len(ts), n), np.nan)  # ASHA may stop some seeds early
+    for i, rs in enumerate(rows):
+        x[i, : len(rs)] = [r.get("env_steps/lifetime", np.nan) for r in rs]
+        y[i, : len(rs)] = [r[EVAL_POST] for r in rs]
+    with np.errstate(invalid="ignore"), _quiet():
+        return np.nanmean(x, axis=0), y
+
+
 def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
-    """learning_<task>.png and adaptation_<task>.png per task; returns the written paths."""
+    """learning_<task>.png and adaptation_<task>.png per task with held-out evaluations; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,41 +367,33 @@ def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for task in sorted({t.key[0] for t in trials}):
-        fig, ax = plt.subplots(figsize=(7, 4))
+    for task in sorted({c["task"] for c in cells}):
+        fig, ax = plt.subplots(figsize=(7.5, 4))
         groups: dict[tuple, list[Trial]] = defaultdict(list)
         for t in trials:
-            if t.key[0] == task:
+            if t.key[0] == task and _fresh_rows(t):
                 groups[t.key[1:]].append(t)
         for (backbone, method), ts in sorted(groups.items()):
-            n = max(len(t.rows) for t in ts)
-            curves = np.full((len(ts), n), np.nan)  # (seeds, iterations); ASHA may stop some seeds early
-            for i, t in enumerate(ts):
-                curves[i, : len(t.rows)] = [r.get("adapt/return_post", np.nan) for r in t.rows]
-            x = np.arange(1, n + 1)
+            x, curves = _learning_curves(ts)
             with np.errstate(invalid="ignore"), _quiet():
                 mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
             line, = ax.plot(x, mean, marker="o", ms=3, label=_label(backbone, method),
                             ls="--" if method != "maml" else "-")
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set(title=f"{task}: return after adaptation (mean ± std over seeds)", xlabel="meta-iteration",
-               ylabel="adapt/return_post")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append(_save(fig, plots_dir / f"learning_{task}.png"))
+        k = max((c["steps"][-1] for c in cells if c["task"] == task and c["steps"]), default=0)
+        ax.set(title=f"{task}: held-out return after {k} inner step(s), mean ± std over seeds",
+               xlabel="training env steps (env_steps/lifetime)", ylabel=f"held-out return after {k} step(s)")
+        written.append(_save(fig, ax, plots_dir / f"learning_{task}.png"))
 
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6.5, 4))
         for c in (c for c in cells if c["task"] == task):
             ks = c["steps"]
             ms = np.array([c[f"return_step_{k}"] for k in ks])  # (K+1, 2)
             ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=_label(c["backbone"], c["method"]))
-        ax.set(title=f"{task}: return vs adaptation steps (last iteration)", xlabel="inner steps k",
-               ylabel="mean return with θ_k")
+        ax.set(title=f"{task}: held-out return vs inner steps (last evaluation)", xlabel="inner steps k",
+               ylabel="held-out return with θ_k")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append(_save(fig, plots_dir / f"adaptation_{task}.png"))
+        written.append(_save(fig, ax, plots_dir / f"adaptation_{task}.png"))
     return written
 
 
@@ -298,11 +411,13 @@ class _quiet:
         return self._w.__exit__(*exc)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, ax, path: Path) -> Path:
+    """Grid, legend outside the data (right of the axes), 150 dpi PNG cropped to its content."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -368,11 +483,22 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
     skipped: list[str] = []
     trials = load_trials(exp_dir, skipped)
     cells = summarize(trials)
-    pngs = plot(trials, cells, exp_dir / "plots")
-    parts = [f"# Sweep report: {exp_dir.name}", "",
-             f"{len(trials)} trials. Values at each trial's last iteration, mean ± std over seeds. "
-             "`return before` uses θ, `after k steps` θ_k; `gain` = last step − before; params = the whole policy "
-             "module (`model/num_params`).", "", markdown_table(cells), ""]
+    held = heldout_cells(trials)
+    pngs = plot(trials, held, exp_dir / "plots")
+    parts = [f"# Sweep report: {exp_dir.name}", "", f"{len(trials)} trials.", ""]
+    if held:
+        parts += ["## Ranking on held-out tasks", "",
+                  "Per task family, best first: each trial's current θ adapted on the family's held-out test tasks "
+                  "by the trial itself (`eval/...`, the function of `metarl evaluate`; every method adapts, the "
+                  "multitask baseline too), at its last evaluation. Mean ± std over seeds; the 95% interval is a "
+                  "two-level bootstrap over (seed × held-out task); env steps = the training budget "
+                  "(`env_steps/lifetime`), evaluation steps apart; wall time includes the evaluations.", "",
+                  ranking_markdown(held), ""]
+    parts += ["## Training metrics (meta-batch)", "",
+              "Values at each trial's last iteration, mean ± std over seeds. `return before` uses θ, `after k steps` "
+              "θ_k on the training meta-batch (the multitask baseline does not adapt in training, so these do not "
+              "rank methods); `gain` = last step − before; params = the whole policy module (`model/num_params`).",
+              "", markdown_table(cells), ""]
     if evaluate_steps > 0:
         ev = evaluate_trials(exp_dir, trials, adapt_steps=evaluate_steps, num_tasks=eval_tasks,
                              episodes=eval_episodes)

@@ -5,7 +5,10 @@
     metarl report runs/sweeps/try
 
 The sweep itself is data (``tune_configs/baselines.py``): a grid over ``MAMLConfig`` fields, backbones matched to
-the same parameter budget, method "maml" and the non-meta "multitask" baseline (``inner_steps=0``). Bad axes or
+the same parameter budget, method "maml" and the non-meta "multitask" baseline (``inner_steps=0``). Every trial
+stops at the same training budget in env steps (``--env-steps``; ``--iterations`` is the alternative stop) and
+evaluates itself on the family's held-out test tasks every ``eval_every`` iterations and at the end (``eval/...``,
+the metric that ranks; ``--scheduler asha``: one ASHA per task family on it). Bad axes or
 an unwritable ``--storage`` fail before Ray starts. While it runs, one line per trial result is printed
 (``tune_configs/progress.py``); results land in ``<storage>/<name>/<trial>/{params.json,progress.csv,...}``.
 Failed trials are retried from their last checkpoint (``SweepSize.max_failures``). Inside ``ray job submit``
@@ -42,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="experiment name (default: sweep-<date>-<time>)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
                         help="GPUs per trial, split over its Learners (fractions share a GPU)")
-    parser.add_argument("--iterations", type=int, default=None, help="meta-iterations per trial (default: size's)")
+    parser.add_argument("--env-steps", type=int, default=None,
+                        help="training budget per trial in env_steps/lifetime, every method alike (default: size's)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="meta-iterations per trial instead (with --env-steps too: whichever comes first)")
+    parser.add_argument("--scheduler", choices=["fifo", "asha"], default=None,
+                        help="fifo, or asha = one ASHA per task family on the held-out metric (default: size's)")
     parser.add_argument("--target-params", type=int, default=None, help="parameter budget of every backbone")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of an embedded Ray (default: all)")
     parser.add_argument("--resume", action="store_true", help="resume the experiment <storage>/<name>")
@@ -52,38 +60,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def plan(args: argparse.Namespace) -> dict:
     """Validate everything that can be checked without Ray; ValueError names the flag and the value."""
     from metarl import models
-    from tune_configs.baselines import SIZES, check_axes, with_size
+    from tune_configs.baselines import SIZES, check_axes, make_scheduler, stop_criteria, with_size
     from tune_configs.storage import check_storage
 
     backbones = _csv(args.backbones) if args.backbones is not None else models.available()
     task_names, methods = _csv(args.tasks), _csv(args.methods)
     check_axes(backbones=backbones, task_names=task_names, seeds=args.seeds, methods=methods)
     size = SIZES[args.size or ("smoke" if args.smoke else "full")]
-    changes = {}
-    for flag, field in (("iterations", "iterations"), ("target_params", "target_params")):
-        v = getattr(args, flag)
-        if v is not None:
-            if v < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} = {v} must be >= 1")
-            changes[field] = v
+    changes = _size_changes(args)
     if args.gpus_per_trial < 0:
         raise ValueError(f"--gpus-per-trial = {args.gpus_per_trial} must be >= 0")
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
+    size = with_size(size, **changes)
+    stop_criteria(size)  # a budget, and the scheduler's needs, checked before Ray starts
+    make_scheduler(size)
     storage = check_storage(args.storage)
     return dict(backbones=backbones, task_names=task_names, methods=methods, seeds=args.seeds,
-                size=with_size(size, **changes), name=name, storage=storage, gpus_per_trial=args.gpus_per_trial)
+                size=size, name=name, storage=storage, gpus_per_trial=args.gpus_per_trial)
+
+
+def _size_changes(args: argparse.Namespace) -> dict:
+    """SweepSize fields set by flags. ``--iterations`` alone replaces the size's env-step budget."""
+    changes = {}
+    for flag in ("iterations", "env_steps", "target_params"):
+        v = getattr(args, flag, None)
+        if v is not None:
+            if v < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} = {v} must be >= 1")
+            changes[flag] = v
+    if "iterations" in changes and "env_steps" not in changes:
+        changes["env_steps"] = None
+    if getattr(args, "scheduler", None):
+        changes["scheduler"] = args.scheduler
+    return changes
 
 
 def run_sweep(p: dict, *, echo=print, resume: bool = False):
     """Run the planned sweep on the current Ray (``ray.init`` done by the caller); returns the ``ResultGrid``."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from metarl.apps.provenance import json_safe, provenance
     from rllib_ext.algorithm import MAML
-    from tune_configs.baselines import METRIC, matched_widths, param_space
+    from tune_configs.baselines import METRIC, make_scheduler, matched_widths, param_space, stop_criteria
     from tune_configs.progress import ProgressPrinter, trial_dirname
 
     size = p["size"]
@@ -99,9 +119,7 @@ def run_sweep(p: dict, *, echo=print, resume: bool = False):
              + ", ".join(f"{b} {v['width']} ({v['backbone_params']})" for b, v in row.items()))
     space = param_space(size, backbones=p["backbones"], task_names=p["task_names"], seeds=p["seeds"],
                         methods=p["methods"], widths=widths, gpus_per_trial=p["gpus_per_trial"])
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=size.iterations,
-                               grace_period=min(size.grace_period, size.iterations))
-                 if size.scheduler == "asha" else FIFOScheduler())
+    scheduler = make_scheduler(size)
     tuner = tune.Tuner(
         MAML,
         param_space=space,
@@ -110,7 +128,7 @@ def run_sweep(p: dict, *, echo=print, resume: bool = False):
         run_config=tune.RunConfig(
             name=p["name"],
             storage_path=p["storage"],
-            stop={"training_iteration": size.iterations},
+            stop=stop_criteria(size),
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=size.checkpoint_frequency,
                                                     checkpoint_at_end=True, num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=size.max_failures),
