@@ -38,7 +38,10 @@ def test_ml1_family_holds_metaworlds_train_and_held_out_goals(name):
     test = family.test_tasks(50)
     assert [t.rand_vec for t in sorted(test, key=lambda t: t.rand_vec)] == sorted(rand_vecs(bench.test_tasks))
     assert {t.env for t in train + test} == {0.0} and family.env_names == (ML1[name],)
-    check_task_distribution(env)
+
+
+def test_check_task_distribution_passes_on_ml1_reach():  # every family: tests/test_tasks.py
+    check_task_distribution(T.make("metaworld-ml1-reach"))
 
 
 def test_ml10_trains_on_ten_classes_and_holds_out_five():
