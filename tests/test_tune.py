@@ -1,5 +1,6 @@
 """Sweeps: MAMLConfig <-> dict, the Tune grid, resources per trial, bad input, and a real two-trial smoke sweep
-whose results `metarl report` turns into a table and plots (values checked against the raw progress.csv)."""
+whose results `metarl report` turns into a table and plots (values checked against the raw progress.csv). The
+env-step budget and the held-out evaluation inside trials are checked on a real sweep in tests/test_fair.py."""
 
 from __future__ import annotations
 
@@ -74,6 +75,28 @@ def test_full_grid_is_the_product_of_axes_and_multitask_has_no_inner_step():
     keys = {(t["task"], t["backbone"], t["method"], t["seed"]) for t in trials}
     assert len(keys) == 24
     assert all(t["inner_steps"] == (0 if t["method"] == "multitask" else TINY.inner_steps) for t in trials)
+    # every trial: the same env-step budget and the same held-out evaluation, whatever its method
+    assert {(t["budget_env_steps"], t["eval_every"], t["eval_tasks"], t["eval_inner_steps"]) for t in trials} == {
+        (TINY.env_steps, TINY.eval_every, TINY.eval_tasks, TINY.eval_inner_steps)}
+
+
+def test_sweep_stops_on_env_steps_and_early_stops_per_family_on_the_heldout_metric():
+    from tune_configs.baselines import CLOCK, FRESH, METRIC, make_scheduler, stop_criteria
+    from tune_configs.schedulers import PerGroupASHA
+
+    full = SIZES["full"]
+    assert METRIC == "eval/return_post" and CLOCK == "env_steps/lifetime"
+    assert stop_criteria(full) == {CLOCK: full.env_steps}
+    assert stop_criteria(with_size(full, iterations=7)) == {CLOCK: full.env_steps, "training_iteration": 7}
+    assert stop_criteria(with_size(full, env_steps=None, iterations=7)) == {"training_iteration": 7}
+    asha = make_scheduler(with_size(full, scheduler="asha"))
+    assert isinstance(asha, PerGroupASHA) and asha._group_by == "task" and asha._fresh_attr == FRESH
+    assert asha._settings["time_attr"] == CLOCK and asha._settings["max_t"] == full.env_steps
+    assert asha._settings["grace_period"] == full.grace_period
+    with pytest.raises(ValueError, match="needs an env-step budget"):
+        make_scheduler(with_size(full, scheduler="asha", env_steps=None, iterations=5))
+    with pytest.raises(ValueError, match="needs a budget"):
+        stop_criteria(with_size(full, env_steps=None, iterations=None))
 
 
 def test_trial_resources_come_from_the_config(monkeypatch):
@@ -117,6 +140,8 @@ def test_check_axes_rejects_bad_axes(kwargs, pattern):
     (["--storage", "{unwritable}"], "not writable"),
     (["--storage", "nope://bucket/x"], "not a usable folder or URI"),
     (["--gpus-per-trial", "-1"], "--gpus-per-trial = -1"),
+    (["--env-steps", "0"], "--env-steps = 0 must be >= 1"),
+    (["--scheduler", "asha", "--iterations", "2"], "scheduler 'asha' needs an env-step budget"),
 ])
 def test_sweep_cli_fails_before_ray_starts(argv, pattern, tmp_path, monkeypatch, capsys):
     import ray

@@ -76,6 +76,12 @@ SIZES: dict[str, SweepSize] = {
                         num_env_runners=0, num_envs_per_env_runner=10, target_params=5_000, outer_steps=5,
                         checkpoint_frequency=10, max_failures=1, scheduler="fifo", grace_period=100_000,
                         eval_every=5, eval_tasks=10),
+    # the MuJoCo comparison on a 2-core machine: 1 CPU per trial (no remote actors), two trials side by side;
+    # HalfCheetah (H=100): 20 tasks x 10 episodes x 2 x 100 = 40,000 env steps per MAML iteration, 5 M per trial
+    "desktop": SweepSize(iterations=None, env_steps=5_000_000, meta_batch_size=20, episodes_per_task=10,
+                         num_env_runners=0, num_envs_per_env_runner=10, target_params=50_000, outer_steps=5,
+                         checkpoint_frequency=10, max_failures=3, scheduler="fifo", grace_period=1_000_000,
+                         eval_every=10, eval_tasks=40, eval_inner_steps=1),
     # the comparison itself: per trial 1 main CPU + 8 EnvRunners x 1 CPU (+ GPUs from --gpus-per-trial).
     # 5 M env steps per trial (HalfCheetah, H=100: 40 tasks x 20 episodes x 2 x 100 = 160,000 per MAML iteration,
     # ~31 MAML / ~62 multitask iterations). FIFO, not ASHA: no recorded sweep has yet measured what fraction of

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="maml,multitask", help="maml and/or multitask (inner_steps=0)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (task, backbone, method) cell")
     parser.add_argument("--smoke", action="store_true", help="tiny trials (2 CPUs, minutes): same as --size smoke")
-    parser.add_argument("--size", choices=["smoke", "laptop", "full"], default=None,
+    parser.add_argument("--size", choices=["smoke", "laptop", "desktop", "full"], default=None,
                         help="trial size (tune_configs/baselines.py SIZES; default full, or smoke with --smoke)")
     parser.add_argument("--storage", default="runs/sweeps", help="folder, file:///folder or s3://bucket/prefix")
     parser.add_argument("--name", default=None, help="experiment name (default: sweep-<date>-<time>)")
