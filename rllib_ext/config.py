@@ -100,10 +100,15 @@ class MAMLConfig(AlgorithmConfig):
     def get_default_learner_class(self):
         return MAMLLearner
 
-    def validate_meta(self) -> None:
+    def validate_meta(self, *, local_learner_here: bool = True) -> None:
         """Every field by the table (type, range, choices), then the fields together, the task options and backbone
         kwargs by their signatures, the size estimate and the GPUs. Errors name the field, the value and what is
-        allowed; raised before RLlib sees the config and before any actor starts."""
+        allowed; raised before RLlib sees the config and before any actor starts.
+
+        ``local_learner_here``: this process will host the local Learner (``metarl train``'s driver, ``MAML.setup``),
+        so its GPUs must be visible here. RLlib's ``validate()`` also runs where they need not be (Tune computes a
+        trial's resource request in the sweep driver, e.g. on a CPU-only head): there only remote Learners'
+        GPUs are checked, and ``MAML.setup`` checks the local one inside the trial."""
         fields.check_fields(self)
         fields.check_task_options(self.task, self.task_options)
         fields.check_backbone_kwargs(self.backbone, self.backbone_kwargs)
@@ -131,10 +136,10 @@ class MAMLConfig(AlgorithmConfig):
                 "backpropagates through whole episodes"
             )
         fields.check_size(self)
-        fields.check_gpus(self)
+        fields.check_gpus(self, local=local_learner_here)
 
     def validate(self) -> None:
-        self.validate_meta()
+        self.validate_meta(local_learner_here=False)
         self.env = gym_env_id(self.task)
         self.env_config = self.env_options()
         super().validate()

@@ -401,13 +401,14 @@ def _cluster_gpus() -> tuple[float | None, str]:
     return float(torch.cuda.device_count()), "CUDA devices on this machine (what an embedded Ray sees)"
 
 
-def check_gpus(config) -> None:
-    """GPUs asked for (``num_gpus_per_learner``) must exist: in this process for the local Learner, in the Ray
-    cluster (or on this machine, before an embedded Ray starts) for remote Learners."""
+def check_gpus(config, *, local: bool = True) -> None:
+    """GPUs asked for (``num_gpus_per_learner``) must exist: in this process for the local Learner (only checked
+    with ``local``: the process that will host it), in the Ray cluster (or on this machine, before an embedded Ray
+    starts) for remote Learners."""
     import torch
 
     per, n = config.num_gpus_per_learner, config.num_learners
-    if not per:
+    if not per or (n == 0 and not local):
         return
     if n == 0:
         have = torch.cuda.device_count()

@@ -105,7 +105,7 @@ def test_trial_resources_come_from_the_config(monkeypatch):
     from tune_configs.baselines import base_config
 
     # the bundles a GPU cluster would get, computed here without GPUs: skip the check that the GPUs exist
-    monkeypatch.setattr(fields, "check_gpus", lambda config: None)
+    monkeypatch.setattr(fields, "check_gpus", lambda config, local=True: None)
 
     size = with_size(TINY, num_env_runners=2, num_cpus_per_env_runner=0.5, num_learners=2,
                      num_cpus_for_main_process=1.0, meta_batch_size=2)
@@ -265,3 +265,19 @@ def test_report_rejects_a_folder_without_trials(tmp_path, capsys):
 
     assert report.main(argparse.Namespace(dir=str(tmp_path))) == 2
     assert re.search(r"no (readable )?trial folders", capsys.readouterr().err)
+
+
+def test_a_gpu_trial_with_a_local_learner_is_requested_from_a_cpu_only_sweep_driver():
+    """Tune computes a trial's resources in the sweep driver (a CPU-only head): the local Learner's GPU is checked
+    inside the trial (``MAML.setup``), not there; ``metarl train`` on a CPU machine still refuses it up front."""
+    import torch
+
+    from rllib_ext.algorithm import MAML
+    from tune_configs.baselines import base_config
+
+    assert torch.cuda.device_count() == 0  # the project's test machines have no GPU
+    config = base_config(with_size(TINY, num_learners=0), gpus_per_trial=0.25).meta(task=NAV)
+    bundles = MAML.default_resource_request(config.to_dict())
+    assert {"GPU": 0.25} in [{k: v for k, v in b.items() if k == "GPU" and v} for b in bundles.bundles]
+    with pytest.raises(ValueError, match="num_gpus_per_learner = 0.25"):
+        config.validate_meta()
