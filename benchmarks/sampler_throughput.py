@@ -5,6 +5,8 @@ How to run::
     .venv/bin/python benchmarks/sampler_throughput.py                    # ~1 CPU-min, ~2 min wall on a busy 2-core VM
     .venv/bin/python benchmarks/sampler_throughput.py --num-envs 1 32 --repeats 1 --min-steps 400   # quick look
     .venv/bin/python benchmarks/sampler_throughput.py --profile-only     # just the profile split at 32 envs
+    .venv/bin/python benchmarks/sampler_throughput.py --num-envs 1 32 --repeats 21 --min-steps 1000 --no-stock \
+        --no-profile                                                      # ours vs the frozen old sampler
 
 What it measures, in one process on one core (``torch.set_num_threads(1)``, the process pinned to one CPU when the
 OS allows), as env steps per CPU-second of this process (``time.process_time``; the machine is shared, so wall
@@ -29,6 +31,8 @@ sampler) and the module-forward share of our sampler timed in place without a pr
 What to expect (2-core shared AMD EPYC VM, mujoco 4.0.0, HalfCheetah-vel, SSM width 64; raw ~24-25 k steps/s):
 ours/raw 0.19 (1 env), 0.57 (8), 0.70 (32), 0.57 (128); stock/raw 0.03 / 0.13 / 0.21 / 0.27; ours/stock 5.9x,
 4.5x, 3.3x, 2.1x. Module forward ~11% of our sampler's time at 32 envs (~14% at width 128). ~2 min wall.
+Ours vs old (2026-12-01, mujoco 3.3.0, loaded machine, ``--num-envs 1 32 --repeats 21 --min-steps 1000 --no-stock
+--no-profile``): ours/old 1.000 at 1 env, 0.993 at 32 envs; single runs scatter by ±5-10% under load.
 Debug in-process: ``from sampler_throughput import build_runner, time_ours``.
 """
 
