@@ -361,7 +361,8 @@ def test_table_is_large_and_covers_every_surface():
 
 # --- report: broken trials are skipped with a warning, the rest reported ---------------------------------------
 BROKEN_TRIALS = {
-    "cut-mid-row": ("progress.csv", b"training_iteration,adapt/return_step_0,adapt/return_step_1\n1,-5.0,-4.0\n2,-4"),
+    # cut inside the last number: every row has its fields, only the missing line end shows the cut
+    "cut-mid-row": ("progress.csv", b"training_iteration,adapt/return_step_0,adapt/return_step_1\n1,-5.0,-4.0\n2,-4.5,-3"),
     "binary-csv": ("progress.csv", b"\x00\x01\x02\xff\xfe binary"),
     "short-row": ("progress.csv", b"training_iteration,adapt/return_step_0,adapt/return_step_1\n1,-5.0\n"),
     "params-corrupt": ("params.json", b"{\"task\": "),
