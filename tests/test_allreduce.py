@@ -56,8 +56,9 @@ def test_two_learners_reduce_to_the_one_learner_meta_gradient_and_loss():
     assert len(learners) == 2
     assert one["env_steps"]["this_iter"] == two["env_steps"]["this_iter"] == 4 * 4 * 100
     assert two["adapt"]["return_step_0"] == pytest.approx(one["adapt"]["return_step_0"], rel=1e-12), "same episodes"
-    # the scale of the meta-gradient before clipping and of the meta-objective (first outer step), then the loss
-    # after the outer steps (Adam being almost scale-invariant, a wrong gradient scale moves it by ~1e-7 only)
+    # the scale of the meta-gradient before clipping (first outer step), then of the loss: at the first outer step
+    # it is ~0 (ratio 1, normalised advantages), so its scale shows after the Adam step (outer_loss_last; a wrong
+    # gradient scale moves that one by ~1e-7 only, Adam being almost scale-invariant)
     assert two["meta"]["grad_norm"] == pytest.approx(one["meta"]["grad_norm"], rel=1e-9), "gradient scale"
     assert one["meta"]["grad_norm"] > 1e-6
     assert two["meta"]["outer_loss"] == pytest.approx(one["meta"]["outer_loss"], rel=1e-9, abs=1e-12), "loss scale"
