@@ -10,6 +10,12 @@ One meta-iteration (``MAML.training_step``)::
 
 ``inner_steps=0`` is the non-meta baseline: multi-task training of θ on the same tasks without the inner step
 (adapted the same way at test time by ``metarl evaluate``).
+
+With ``eval_every`` > 0, after the update of the first iteration, of every ``eval_every``-th and of the last (the
+one reaching ``budget_env_steps`` / ``budget_iterations``) the new θ is adapted on the family's held-out test tasks
+(``MAML.evaluate_heldout`` = ``rllib_ext.heldout.run_heldout`` over ``run_jobs``, the function ``metarl evaluate``
+runs) and logged as ``eval/...``; between evaluations the last values are logged again with ``eval/fresh`` = 0.
+Evaluation env steps are ``eval/env_steps_lifetime``, never ``env_steps/lifetime``.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def markdown_table(cells: list[dict]) -> str:
 
 
 def _label(backbone: str, method: str) -> str:
-    return backbone if method == "maml" else f"{backbone} ({method})"
+    return f"{backbone} ({method})"
 
 
 # --- the held-out ranking ---------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def noise_lines(cells: list[dict]) -> list[str]:
 
     best, lines = cells[0], []
     for c in cells[1:]:
-        name = f"{_label(best['backbone'], best['method'])} vs {_label(c['backbone'], c['method'])}"
+        name = f"{best['backbone']} ({best['method']}) vs {c['backbone']} ({c['method']})"
         if "per_task" not in best or "per_task" not in c:
             lines.append(f"- {name}: no per-task values, not tested")
             continue
@@ -382,7 +382,7 @@ def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         k = max((c["steps"][-1] for c in cells if c["task"] == task and c["steps"]), default=0)
         ax.set(title=f"{task}: held-out return after {k} inner step(s), mean ± std over seeds",
-               xlabel="training env steps (env_steps/lifetime)", ylabel=f"held-out return after {k} step(s)")
+               xlabel="training env steps (env_steps/lifetime)", ylabel=f"held-out return after {k} step(s)\n(episode reward sum)")
         written.append(_save(fig, ax, plots_dir / f"learning_{task}.png"))
 
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -391,7 +391,7 @@ def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
             ms = np.array([c[f"return_step_{k}"] for k in ks])  # (K+1, 2)
             ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=_label(c["backbone"], c["method"]))
         ax.set(title=f"{task}: held-out return vs inner steps (last evaluation)", xlabel="inner steps k",
-               ylabel="held-out return with θ_k")
+               ylabel="held-out return with θ_k\n(episode reward sum)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         written.append(_save(fig, ax, plots_dir / f"adaptation_{task}.png"))
     return written
