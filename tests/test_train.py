@@ -221,6 +221,10 @@ def test_flags_of_metarl_train_and_run_mujoco_match():
 
     train_parser = cli.build_parser("train")._subparsers._group_actions[0].choices["train"]
     got, want = options(train_parser), options(_run_mujoco().build_parser())
+    # the one intended difference: run_mujoco.py (make run) lays out runners/learners from the cores by default
+    for flag in (("--num-env-runners",), ("--num-learners",)):
+        assert want[flag][0] == "auto" and got[flag][0] == 0 and got[flag][1:] == want[flag][1:]
+        got[flag] = want[flag]
     assert got == want
     assert ("--iterations",) in got and ("--resume",) in got and ("--horizon",) in got
 
