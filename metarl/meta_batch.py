@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from metarl import models
-from metarl.rl import LogProbFn, PreparedTask, clipped_surrogate_loss, vpg_loss
+from metarl.rl import LogProbFn, PreparedTask, clipped_surrogate_loss, inner_objective
 
 __all__ = ["meta_gradient_batched", "pad_stack", "task_gradients"]
 
@@ -81,6 +81,7 @@ def task_gradients(
     inner_lr: float,
     clip: float,
     first_order: bool = False,
+    objective: str = "vpg",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Σ_i g_i (see the module docstring) without touching ``.grad``: (grads by name, losses (n,), logp (n, E, T)).
 
@@ -96,8 +97,10 @@ def task_gradients(
     theta = [params[k].detach().requires_grad_() for k in names]
     fast = [t.expand(n, *t.shape) for t in theta]  # Θ: one view of θ per task
 
+    loss_fn = inner_objective(objective)
+
     def inner_loss(p: list, b: dict) -> torch.Tensor:
-        return vpg_loss(log_prob_fn(dict(zip(names, p)), b["obs"], b["actions"]), b["advantages"], b["mask"])
+        return loss_fn(log_prob_fn(dict(zip(names, p)), b["obs"], b["actions"]), b["advantages"], b["mask"])
 
     def outer_loss(p: list, q: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logp = log_prob_fn(dict(zip(names, p)), q["obs"], q["actions"])  # (E, T)
@@ -124,6 +127,7 @@ def meta_gradient_batched(
     gamma: float,
     clip: float,
     first_order: bool = False,
+    objective: str = "vpg",
 ) -> tuple[float, float]:
     """``metarl.rl.meta_gradient_loop``'s contract, all tasks at once: accumulate Σ_i g_i / num_tasks_total into
     ``.grad`` of ``params``; returns (mean outer loss over ``tasks``, max |log π_θK(a|s) - recorded logp|).
@@ -132,7 +136,7 @@ def meta_gradient_batched(
     """
     del gamma
     grads, losses, logp = task_gradients(log_prob_fn, params, tasks, inner_lr=inner_lr, clip=clip,
-                                         first_order=first_order)
+                                         first_order=first_order, objective=objective)
     for name, p in params.items():
         g = grads[name] / num_tasks_total
         if p.grad is None:

@@ -126,6 +126,29 @@ def vpg_loss(logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> torch
     return -masked_mean(logp * adv, mask)
 
 
+def lvc_loss(logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """ProMP's low-variance curvature inner objective: L = -mean_t[(π(a_t|s_t) / ⊥π(a_t|s_t)) Â_t] (⊥: stop-gradient).
+
+    At θ the ratio is 1, so its value is -mean(Â) and its gradient is ``vpg_loss``'s; its Hessian adds the
+    score-function term the VPG surrogate drops: ∇²L = -mean_t[Â_t (∇² log π_t + ∇log π_t ∇log π_tᵀ)]. So a
+    second-order meta-gradient through an LVC inner step accounts for θ's effect on the support sampling
+    distribution (with ProMP's low-variance estimator), while first-order MAML is unchanged.
+    """
+    return -masked_mean(torch.exp(logp - logp.detach()) * adv, mask)
+
+
+#: the inner objectives by their ``MAMLConfig.inner_objective`` name
+INNER_OBJECTIVES = {"vpg": vpg_loss, "lvc": lvc_loss}
+
+
+def inner_objective(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The inner loss function called ``name`` (ValueError naming the allowed ones)."""
+    try:
+        return INNER_OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"inner_objective = {name!r} is invalid: allowed {sorted(INNER_OBJECTIVES)}") from None
+
+
 def clipped_surrogate_loss(
     logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip: float
 ) -> torch.Tensor:
@@ -160,19 +183,24 @@ def adapt_policy(
     gamma: float,
     first_order: bool = False,
     normalize_advantages: bool = True,
+    objective: str = "vpg",
 ) -> tuple[OrderedDict, list[float]]:
     """θ_{k+1} = θ_k - α ∇ L_inner(θ_k; support[k]) for k = 0..len(support)-1; returns (θ_K, inner losses).
+
+    ``objective``: the inner loss, ``"vpg"`` (``vpg_loss``) or ``"lvc"`` (``lvc_loss``: same step, different
+    second-order term).
 
     With ``first_order=False`` θ_K stays differentiable w.r.t. ``params`` to second order (the Learner's path);
     the EnvRunner calls it the same way and detaches. A batch may carry its ``"advantages"`` (they do not depend on
     θ); otherwise they are computed here.
     """
+    loss_fn = inner_objective(objective)
     losses = []
     for batch in support:
         adv = batch.get("advantages")  # precomputed by a caller that adapts on the same episodes repeatedly
         if adv is None:
             adv = advantages(batch, gamma=gamma, normalize=normalize_advantages)
-        loss = vpg_loss(log_prob_fn(params, batch["obs"], batch["actions"]), adv, batch["mask"])
+        loss = loss_fn(log_prob_fn(params, batch["obs"], batch["actions"]), adv, batch["mask"])
         losses.append(float(loss.detach()))
         params = maml.inner_step(loss, params, lr=lr, first_order=first_order)
     return OrderedDict(params), losses
@@ -233,6 +261,7 @@ def meta_gradient_loop(
     gamma: float,
     clip: float,
     first_order: bool = False,
+    objective: str = "vpg",
 ) -> tuple[float, float]:
     """Accumulate ∇θ Σ_tasks L_outer(θ_K,task(θ)) / num_tasks_total into ``.grad`` of ``params``, one task at a time.
 
@@ -242,7 +271,8 @@ def meta_gradient_loop(
     """
     total, max_dlogp = 0.0, 0.0
     for task in tasks:
-        adapted, _ = adapt_policy(log_prob_fn, params, task.support, lr=inner_lr, gamma=gamma, first_order=first_order)
+        adapted, _ = adapt_policy(log_prob_fn, params, task.support, lr=inner_lr, gamma=gamma, first_order=first_order,
+                                  objective=objective)
         loss, logp = outer_loss(log_prob_fn, adapted, task.query, gamma=gamma, clip=clip, adv=task.query["advantages"])
         (loss / num_tasks_total).backward()
         total += float(loss.detach())

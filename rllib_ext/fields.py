@@ -125,6 +125,9 @@ FIELDS: tuple[Field, ...] = (
     _meta("episodes_per_task", int, 10, "episodes per task per inner step (a multiple of "
           "num_envs_per_env_runner)", lo=1),
     _meta("first_order", bool, False, "drop the second-order term of the meta-gradient (first-order MAML)"),
+    _meta("inner_objective", str, "vpg", "inner loss: 'vpg' (the MAML paper's policy-gradient surrogate) or 'lvc' "
+          "(ProMP's low-variance curvature: same inner step, its Hessian adds the sampling-distribution term)",
+          choices=lambda: ["vpg", "lvc"]),
     _meta("outer_steps", int, 5, "Adam steps on the clipped surrogate per meta-iteration", lo=1),
     _meta("clip_param", float, 0.3, "ProMP surrogate clip ε", lo=0, hi=1, lo_open=True, hi_open=True),
     _meta("normalize_advantages", bool, True, "normalise the advantages of each task's episodes"),

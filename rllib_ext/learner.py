@@ -86,6 +86,7 @@ class MAMLLearner(TorchLearner):
             gamma=cfg.gamma,
             clip=cfg.clip_param,
             first_order=cfg.first_order,
+            objective=cfg.inner_objective,
         )
 
     def meta_update(self, task_results: Sequence[TaskResult], *, num_tasks_total: int) -> dict:

@@ -70,6 +70,7 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
                 gamma=cfg.gamma,
                 first_order=True,
                 normalize_advantages=cfg.normalize_advantages,
+                objective=cfg.inner_objective,  # the same step for every objective; the logged loss is its own
             )
             inner_losses += losses
             params = {n: v.detach() for n, v in new_params.items()}
