@@ -133,3 +133,26 @@ def test_report_ranks_on_heldout_with_intervals_and_noise(sweep):
     pngs = sorted((exp / "plots").glob("*.png"))
     assert {p.name for p in pngs} == {f"learning_{NAV}.png", f"adaptation_{NAV}.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+# --- would ASHA have kept the ranking? (a replay of recorded results; no Ray cluster) ------------------------------
+def _synthetic(name: str, values: list[float]):
+    from metarl.apps.report import Trial
+
+    rows = [{"env_steps/lifetime": 1000.0 * (i + 1), "eval/return_post": v, "eval/fresh": 1.0, "training_iteration":
+             i + 1} for i, v in enumerate(values)]
+    return Trial(name, {"task": NAV, "backbone": name, "method": "maml"}, rows)
+
+
+def test_asha_replay_measures_what_early_stopping_keeps_of_the_ranking():
+    """Four trials, results every 1,000 env steps, grace 2,000: at the first rung (2,000) trial a arrives first and
+    continues; b, c, d are below the cutoff of those before them (ASHA's 75th percentile) and stop there. With
+    curves that never cross every pair keeps its order; when d starts worst but ends best, its 3 pairs flip."""
+    from metarl.apps.report import asha_check
+
+    steady = [_synthetic(n, [q * (i + 1) for i in range(8)]) for n, q in (("a", 4), ("b", 3), ("c", 2), ("d", 1))]
+    line, = asha_check(steady, grace_period=2000)
+    assert "stops 3 of 4 trials; 6/6 trial pairs keep their final order (100%); the best trial survives" in line
+    bloomer = steady[:3] + [_synthetic("d", [0.5, 0.5, 1, 2, 40, 50, 60, 70])]
+    line, = asha_check(bloomer, grace_period=2000)
+    assert "stops 3 of 4 trials; 3/6 trial pairs keep their final order (50%); the best trial is stopped" in line

@@ -112,3 +112,24 @@ class PerGroupASHA(FIFOScheduler):
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def replay(scheduler, runs: dict[str, tuple[dict, list[dict]]], *, clock: str = "env_steps/lifetime") -> dict[str, int]:
+    """Replay recorded (flat) results through ``scheduler`` as if the trials had run side by side, merged in
+    ``clock`` order: {trial name: index of the result at which the scheduler stops it (the last one if never)}.
+
+    Measures, on a sweep recorded with FIFO, what early stopping would have changed (``metarl report
+    --asha-grace``). ``scheduler`` needs its metric and mode set (``PerGroupASHA(metric=..., mode=...)``).
+    """
+    from types import SimpleNamespace
+
+    trials = {name: SimpleNamespace(trial_id=name, config=config) for name, (config, _) in runs.items()}
+    for t in trials.values():
+        scheduler.on_trial_add(None, t)
+    events = sorted((row[clock], name, i) for name, (_, rows) in runs.items() for i, row in enumerate(rows)
+                    if _finite(row.get(clock)))
+    stopped: dict[str, int] = {}
+    for _, name, i in events:
+        if name not in stopped and scheduler.on_trial_result(None, trials[name], runs[name][1][i]) == TrialScheduler.STOP:
+            stopped[name] = i
+    return {name: stopped.get(name, len(rows) - 1) for name, (_, rows) in runs.items()}

@@ -345,6 +345,38 @@ def ranking_markdown(cells: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+# --- would early stopping have kept the ranking? ----------------------------------------------------------------
+def asha_check(trials: list[Trial], *, grace_period: float, reduction_factor: float = 4) -> list[str]:
+    """Replay the recorded results through ``PerGroupASHA`` (per family, on the held-out metric, clock in env
+    steps, max_t = the longest trial's env steps; ``tune_configs.schedulers.replay``) and compare the ranking of
+    trials by the value each would have ended with against the recorded final ranking: one line per family with
+    the trials it stops, the fraction of trial pairs whose order is preserved and whether the best survives."""
+    from tune_configs.schedulers import PerGroupASHA, replay
+
+    lines = []
+    by_task: dict[str, list[Trial]] = defaultdict(list)
+    for t in trials:
+        if _fresh_rows(t):
+            by_task[t.key[0]].append(t)
+    for task, ts in sorted(by_task.items()):
+        max_t = max(t.rows[-1].get("env_steps/lifetime", 0.0) for t in ts)
+        sched = PerGroupASHA(metric=EVAL_POST, mode="max", max_t=max_t, grace_period=min(grace_period, max_t),
+                             reduction_factor=reduction_factor, fresh_attr="eval/fresh")
+        stop_at = replay(sched, {t.name: ({"task": task}, t.rows) for t in ts})
+        final = {t.name: _fresh_rows(t)[-1][EVAL_POST] for t in ts}
+        early = {t.name: t.rows[stop_at[t.name]].get(EVAL_POST, math.nan) for t in ts}
+        pairs = [(a, b) for i, a in enumerate(final) for b in list(final)[i + 1:]]
+        kept = sum(np.sign(final[a] - final[b]) == np.sign(early[a] - early[b]) for a, b in pairs)
+        stopped = sum(stop_at[t.name] < len(t.rows) - 1 for t in ts)
+        best = max(final, key=final.get)
+        survives = stop_at[best] == len(next(t for t in ts if t.name == best).rows) - 1
+        lines.append(f"- {task}: ASHA (grace {grace_period:,.0f} env steps, reduction factor {reduction_factor:g}) "
+                     f"stops {stopped} of {len(ts)} trials; {kept}/{len(pairs)} trial pairs keep their final order"
+                     f"{f' ({kept / len(pairs):.0%})' if pairs else ''}; the best trial "
+                     f"{'survives' if survives else 'is stopped'}")
+    return lines
+
+
 # --- plots ------------------------------------------------------------------------------------------------------
 def _learning_curves(ts: list[Trial]) -> tuple[np.ndarray, np.ndarray]:
     """(x, curves): mean training env steps and held-out return after K at each evaluation, (seeds, evals)."""
@@ -474,7 +506,7 @@ def evaluation_table(cells: list[dict]) -> str:
 
 
 def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: int = 10,
-                 eval_episodes: int = 10) -> Path:
+                 eval_episodes: int = 10, asha_grace: float = 0) -> Path:
     """Write ``exp_dir/report.md`` and ``exp_dir/plots/*.png``; returns the report path.
 
     ``evaluate_steps`` > 0 adds the held-out evaluation of every trial's last checkpoint (``evaluate_trials``).
@@ -494,6 +526,11 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
                   "two-level bootstrap over (seed × held-out task); env steps = the training budget "
                   "(`env_steps/lifetime`), evaluation steps apart; wall time includes the evaluations.", "",
                   ranking_markdown(held), ""]
+        if asha_grace > 0:
+            parts += ["## Would ASHA have kept this ranking?", "",
+                      "The recorded results replayed through one ASHA per task family (held-out metric, clock in "
+                      "env steps, rungs on evaluations), trials ranked by the value each would have ended with:",
+                      "", *asha_check(trials, grace_period=asha_grace), ""]
     parts += ["## Training metrics (meta-batch)", "",
               "Values at each trial's last iteration, mean ± std over seeds. `return before` uses θ, `after k steps` "
               "θ_k on the training meta-batch (the multitask baseline does not adapt in training, so these do not "
@@ -532,13 +569,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also adapt each trial's last checkpoint K inner steps on held-out tasks (0: off)")
     parser.add_argument("--eval-tasks", type=int, default=10, help="held-out test tasks per trial (with --evaluate)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="episodes per inner step (with --evaluate)")
+    parser.add_argument("--asha-grace", type=float, default=0, metavar="ENV_STEPS",
+                        help="also replay the results through per-family ASHA with this grace period (0: off)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         out = write_report(args.dir, evaluate_steps=getattr(args, "evaluate", 0),
-                           eval_tasks=getattr(args, "eval_tasks", 10), eval_episodes=getattr(args, "eval_episodes", 10))
+                           eval_tasks=getattr(args, "eval_tasks", 10), eval_episodes=getattr(args, "eval_episodes", 10),
+                           asha_grace=getattr(args, "asha_grace", 0))
     except ValueError as e:
         if getattr(args, "debug", False):
             raise
