@@ -48,3 +48,25 @@ def test_the_check_sees_each_kind(tmp_path, monkeypatch):
     (tmp_path / "fine.md").write_text("runs/sweeps, s3://bucket/tmp/x, docs/tasks.md, a/tmp/b\n")
     found = offending_lines([f"f{i}.md" for i in range(5)] + ["fine.md"])
     assert [f.split(":")[0] for f in found] == [f"f{i}.md" for i in range(5)]
+
+
+def layout_block() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def test_readme_layout_names_every_module():
+    """A newcomer finds each file in README's Layout: every module of the packages is named there."""
+    block = layout_block()
+    missing = []
+    for pkg in ("metarl", "rllib_ext", "tune_configs"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            rel = path.relative_to(REPO)
+            if path.name == "__init__.py" or len(rel.parts) > 3 or rel.parts[1] in ("models", "tasks"):
+                continue  # packages are named by their folder
+            if not re.search(rf"(?<![\w/]){re.escape(path.name)}", block):
+                missing.append(str(rel))
+    assert missing == []
+    for folder in ("models/", "tasks/", "apps/", "rllib_ext/", "tune_configs/", "benchmarks/", "docker/", "tests/"):
+        assert folder in block
