@@ -21,7 +21,7 @@ from metarl.tasks import AngleTask, DirectionTask, GoalTask, MassTask, VelocityT
 from metarl.tasks.navigation import Navigation2DEnv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NEVER_TERMINATE = ["halfcheetah-vel", "halfcheetah-dir", "ant-goal", "navigation-2d", "pendulum-mass"]
+NEVER_TERMINATE = ["bandit", "halfcheetah-vel", "halfcheetah-dir", "ant-goal", "navigation-2d", "pendulum-mass"]
 
 
 def family(name, **options):
@@ -30,6 +30,8 @@ def family(name, **options):
 
 def random_actions(env, steps, seed=0):
     rng = np.random.default_rng(seed)
+    if isinstance(env.action_space, gym.spaces.Discrete):  # the bandit's arms
+        return rng.integers(env.action_space.n, size=steps)
     if not np.all(np.isfinite(env.action_space.high)):  # Navigation2D: unbounded, exercise the clipping
         return rng.normal(0.0, 0.15, size=(steps, 2)).astype(np.float32)
     return rng.uniform(env.action_space.low, env.action_space.high, size=(steps, *env.action_space.shape))
@@ -210,6 +212,11 @@ def episode_length(env, seed=0):
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     for t in range(1, 10_000):
+        if isinstance(env.action_space, gym.spaces.Discrete):  # the bandit's arms
+            _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+            if terminated or truncated:
+                return t, terminated
+            continue
         action = rng.uniform(-1, 1, size=env.action_space.shape).astype(np.float32)
         _, _, terminated, truncated, _ = env.step(np.clip(action, env.action_space.low, env.action_space.high))
         if terminated or truncated:

@@ -19,6 +19,7 @@ metaworld-ml1-reach metarl/MetaWorldML1Reach-v0 500      ``metaworld.MetaWorldML
 metaworld-ml1-push  metarl/MetaWorldML1Push-v0  500      ``metaworld.MetaWorldML1Env`` (push-v3)
 metaworld-ml1-pick-place  metarl/MetaWorldML1PickPlace-v0  500  ``metaworld.MetaWorldML1Env`` (pick-place-v3)
 metaworld-ml10      metarl/MetaWorldML10-v0     500      ``metaworld.MetaWorldML10Env``
+bandit              metarl/Bandit-v0            1        ``bandit.BanditEnv`` (memory oracle)
 ==================  ==========================  =======  =============================================
 
 Meta-World families allow horizons up to 500 (``MAX_HORIZON``; ``make`` rejects more, see ``check_horizon``).
@@ -37,7 +38,7 @@ from typing import Any
 
 import gymnasium
 
-from metarl.tasks.base import AngleTask, DirectionTask, GoalTask, MassTask, MetaEnv, Task, VelocityTask
+from metarl.tasks.base import AngleTask, ArmTask, DirectionTask, GoalTask, MassTask, MetaEnv, Task, VelocityTask
 
 #: CLI name -> (gymnasium id, entry point, default horizon = max_episode_steps)
 FAMILIES: dict[str, tuple[str, str, int]] = {
@@ -52,6 +53,7 @@ FAMILIES: dict[str, tuple[str, str, int]] = {
     "metaworld-ml1-push": ("metarl/MetaWorldML1Push-v0", "metarl.tasks.metaworld:MetaWorldML1Env", 500),
     "metaworld-ml1-pick-place": ("metarl/MetaWorldML1PickPlace-v0", "metarl.tasks.metaworld:MetaWorldML1Env", 500),
     "metaworld-ml10": ("metarl/MetaWorldML10-v0", "metarl.tasks.metaworld:MetaWorldML10Env", 500),
+    "bandit": ("metarl/Bandit-v0", "metarl.tasks.bandit:BanditEnv", 1),
 }
 #: registration kwargs of families that share a class, and the longest horizon a family allows
 _KWARGS = {"metaworld-ml1-reach": {"env_name": "reach-v3"}, "metaworld-ml1-push": {"env_name": "push-v3"},
@@ -66,9 +68,10 @@ _LAZY = {  # classes whose modules import MuJoCo: loaded on first attribute acce
     "check_task_distribution": "metarl.tasks.check",
     "MetaWorldML1Env": "metarl.tasks.metaworld", "MetaWorldML10Env": "metarl.tasks.metaworld",
     "MetaWorldTask": "metarl.tasks.metaworld",
+    "BanditEnv": "metarl.tasks.bandit",
 }
 
-__all__ = ["FAMILIES", "MAX_HORIZON", "AngleTask", "DirectionTask", "GoalTask", "MassTask", "MetaEnv", "Task", "VelocityTask",
+__all__ = ["FAMILIES", "MAX_HORIZON", "AngleTask", "ArmTask", "DirectionTask", "GoalTask", "MassTask", "MetaEnv", "Task", "VelocityTask",
            "check_horizon", "env_id", "horizon", "make", "names", *_LAZY]
 
 

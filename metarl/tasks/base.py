@@ -97,6 +97,11 @@ class MassTask(Task):
     mass: float  #: pendulum mass
 
 
+@dataclass(frozen=True)
+class ArmTask(Task):
+    arm: float  #: index of the paying arm (an integer stored as a float, like every task field)
+
+
 def check_range(task: Task, field: str, *, low: float, high: float) -> None:
     """Raise ValueError unless ``low <= task.field <= high`` (NaN fails)."""
     value = getattr(task, field)
@@ -156,6 +161,10 @@ class MetaEnv:
         _check_n(n)
         rng = self._task_rng if seed is None else task_stream(seed, TRAIN_STREAM)
         return self._draw_tasks(rng, n)
+
+    def all_tasks(self) -> list[Task] | None:
+        """Every task, for families with a small finite task set (train and test then share tasks); else None."""
+        return None
 
     def test_tasks(self, n: int = 40, seed: int = 1) -> list[Task]:
         """The fixed held-out set: ``n`` tasks from the test child of ``SeedSequence(seed)`` (MAML paper: 40, seed 1).

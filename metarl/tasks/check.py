@@ -9,7 +9,8 @@ Checks, each raising ``AssertionError`` (or ``ValueError`` for a non-family) wit
 4. the reward depends on the task: same reset seed and actions, two tasks -> different rewards;
 5. spaces do not change across tasks and observations lie in the observation space;
 6. train and test streams are independent: the same seed gives disjoint train/test sets, and drawing training
-   tasks does not move the test set. Two-task (direction) families are exempt: train = test = {-1, +1}.
+   tasks does not move the test set. Two-task (direction) families are exempt: train = test = {-1, +1}; so are
+   finite families (``all_tasks()`` not None, e.g. the bandit): train draws from that set, test covers all of it.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def _rollout(env: MetaEnv, task: Task, actions: np.ndarray, *, seed: int) -> tup
     return np.array(rewards), observations, infos
 
 
-def _actions(space: gym.spaces.Box, *, steps: int, seed: int) -> np.ndarray:
+def _actions(space: gym.spaces.Space, *, steps: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
+    if isinstance(space, gym.spaces.Discrete):
+        return space.start + rng.integers(space.n, size=steps)
     low = np.where(np.isfinite(space.low), space.low, -1.0)
     high = np.where(np.isfinite(space.high), space.high, 1.0)
     return rng.uniform(low, high, size=(steps, *space.shape)).astype(space.dtype)
@@ -61,7 +64,8 @@ def check_task_distribution(env: gym.Env, *, seed: int = 0, n: int = 8, steps: i
              f"{name}.sample_tasks({n}) must return {n} {family.task_class.__name__}s, got {train!r}")
     _require(train == family.sample_tasks(n, seed=seed), f"{name}.sample_tasks(seed={seed}) is not deterministic")
     _require(family.test_tasks() == family.test_tasks(), f"{name}.test_tasks() is not deterministic")
-    if not family.two_tasks:
+    finite = family.all_tasks()
+    if not family.two_tasks and finite is None:
         _require(train != family.sample_tasks(n, seed=seed + 1), f"{name}: seeds {seed} and {seed + 1} give the "
                  "same tasks")
         own = family.sample_tasks(n)
@@ -96,7 +100,7 @@ def check_task_distribution(env: gym.Env, *, seed: int = 0, n: int = 8, steps: i
         clone.close()
 
     # 4. the reward depends on the task
-    first, second = (DirectionTask(1.0), DirectionTask(-1.0)) if family.two_tasks else train[:2]
+    first, second = (DirectionTask(1.0), DirectionTask(-1.0)) if family.two_tasks else (finite or train)[:2]
     rewards_a, _, _ = _rollout(family, first, actions, seed=seed)
     rewards_b, _, _ = _rollout(family, second, actions, seed=seed)
     k = min(len(rewards_a), len(rewards_b))
@@ -111,6 +115,9 @@ def check_task_distribution(env: gym.Env, *, seed: int = 0, n: int = 8, steps: i
         both = {DirectionTask(1.0), DirectionTask(-1.0)}
         _require(set(train) <= both and set(test) == both, f"{name}: a two-task family must train and test on "
                  f"{both}, got train {set(train)} and test {set(test)}")
+    elif finite is not None:
+        _require(set(train) <= set(finite) and set(test) == set(finite), f"{name}: a finite family must train on "
+                 f"tasks of all_tasks() and test on all of them, got train {set(train)} and test {set(test)}")
     else:
         common = set(train) & set(test)
         _require(not common, f"{name}: train and test streams of seed {seed} share tasks {common}")
