@@ -14,12 +14,18 @@ Three pieces, each usable alone:
 Resets follow gymnasium's NEXT_STEP autoreset, exactly as RLlib's stock EnvRunner does (the iteration after an
 env's last step resets it and its action is ignored), so both consume the same noise and produce the same episodes
 for the same seeds (tests/test_sampler.py). Env i runs ``num_episodes / len(envs)`` episodes, then idles (it is no
-longer stepped); a reset env starts its new episode from the initial recurrent state.
+longer stepped); a reset env starts its new episode from the initial recurrent state (episode memory).
+
+Trial memory (``carry=TrialCarry()``): env i's recurrent state runs on across its episodes and across calls that
+pass the same ``TrialCarry`` (the phases of one task), starting from the initial state only in a fresh carry. It
+advances only on recorded steps: the forward rows of the reset iteration and of idle envs leave it untouched, so
+replaying env i's recorded steps in order from the initial state reproduces it (tests/test_trial_sampler.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -187,6 +193,23 @@ def _reset_rows(state: State, init_state: State, rows: list[int], n: int) -> Sta
     return {key: torch.where(f.view(-1, *([1] * (v.dim() - 1))), init_state[key], v) for key, v in state.items()}
 
 
+def _keep_rows(new: State, old: State, advance: list[bool]) -> State:
+    """``new`` on the rows where ``advance`` is True, ``old`` elsewhere (trial memory: only recorded steps count)."""
+    if not new or all(advance):
+        return new
+    f = torch.tensor(advance, dtype=torch.bool, device=next(iter(new.values())).device)
+    return {key: torch.where(f.view(-1, *([1] * (v.dim() - 1))), v, old[key]) for key, v in new.items()}
+
+
+@dataclass
+class TrialCarry:
+    """What one trial carries on every env from a ``sample_episodes`` call to the next (phase to phase): the
+    recurrent state after the env's last recorded step, (n, ...) per key; None in a fresh carry (a new trial
+    starts from the initial state)."""
+
+    state: State | None = None
+
+
 # --- the loop -------------------------------------------------------------------------------------------------------
 
 
@@ -228,7 +251,7 @@ def _check_envs(envs: Sequence[gym.Env], num_episodes: int, env_seeds) -> int:
 
 
 def _act_loop(net: PolicyNet, envs: Sequence[gym.Env], rec: EpisodeRecorder, book: _Autoreset, *,
-              generator: torch.Generator, explore: bool) -> None:
+              generator: torch.Generator, explore: bool, carry: TrialCarry | None = None) -> None:
     p0 = next(net.parameters())
     dtype, device = p0.dtype, p0.device
     on_cpu = device.type == "cpu"
@@ -238,19 +261,25 @@ def _act_loop(net: PolicyNet, envs: Sequence[gym.Env], rec: EpisodeRecorder, boo
     if not discrete and np.isfinite(space.low).all() and np.isfinite(space.high).all():
         low, high = (torch.as_tensor(b, dtype=dtype) for b in (space.low, space.high))
     n = len(envs)
-    init_state = state = net.initial_state(n)
+    init_state = state = net.initial_state(n) if carry is None or carry.state is None else carry.state
     k = 0
     while book.num_active:
-        y, state = net(torch.from_numpy(rec.obs[k]).to(dtype=dtype, device=device), state)  # (n, out)
+        y, new_state = net(torch.from_numpy(rec.obs[k]).to(dtype=dtype, device=device), state)  # (n, out)
         if not on_cpu:
             y = y.cpu()
         action, aux = sample_action(y, discrete=discrete, generator=generator, explore=explore)
         rec.log_actions(action, aux, y)
         env_action = (action if low is None else torch.clamp(action, low, high)).numpy()
+        if carry is not None:  # the rows stepped (recorded) this iteration: active and not being reset
+            state = _keep_rows(new_state, state, [a and not p for a, p in zip(book.active, book.pending)])
         fresh = book.step(envs, env_action, rec, k)
-        if fresh:
-            state = _reset_rows(state, init_state, fresh, n)
+        if carry is None:
+            state = new_state
+            if fresh:
+                state = _reset_rows(state, init_state, fresh, n)
         k += 1
+    if carry is not None:
+        carry.state = state
 
 
 @torch.inference_mode()
@@ -264,6 +293,7 @@ def sample_episodes(
     env_seeds: Sequence[int | None] | None = None,
     weights_id: str = "",
     explore: bool = True,
+    carry: TrialCarry | None = None,
 ) -> EpisodeBatch:
     """Exactly ``num_episodes`` whole episodes, env i running ``num_episodes / len(envs)`` of them, padded to the
     horizon (every env's ``spec.max_episode_steps``), acting with ``net`` under ``params`` (None: its own).
@@ -275,6 +305,9 @@ def sample_episodes(
         env_seeds: first-reset seed of each env (None entries: unseeded). RLlib's stock runner uses seed + i.
         weights_id: stored on the batch (``"<iteration>/<inner step>"``).
         explore: False acts with the mean (Box) or the argmax (Discrete).
+        carry: trial memory: start env i from ``carry.state`` (a fresh carry: the initial state), never reset it
+            at an episode start, and leave the state after env i's last recorded step in ``carry.state``. None:
+            episode memory (every episode starts from the initial state).
     """
     horizon = _check_envs(envs, num_episodes, env_seeds)
     n = len(envs)
@@ -287,5 +320,6 @@ def sample_episodes(
         rec.obs[0, i], _ = env.reset(seed=None if env_seeds[i] is None else int(env_seeds[i]))
     book = _Autoreset(n, num_episodes // n)
     gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, 1))
-    call_with_params(net, params, lambda acting: _act_loop(acting, envs, rec, book, generator=gen, explore=explore))
+    call_with_params(net, params, lambda acting: _act_loop(acting, envs, rec, book, generator=gen, explore=explore,
+                                                           carry=carry))
     return rec.to_batch(dtype=next(net.parameters()).dtype, weights_id=weights_id)
