@@ -33,18 +33,25 @@ State = dict[str, torch.Tensor]
 class PolicyNet(nn.Module):
     """backbone (obs -> μ or logits) + state-independent log σ (Box actions)."""
 
-    def __init__(self, backbone: models.Backbone, *, discrete: bool, init_log_std: float = 0.0):
+    def __init__(self, backbone: models.Backbone, *, discrete: bool, init_log_std: float = 0.0,
+                 trial_inputs: bool = False):
         super().__init__()
         self.backbone = backbone
         self.discrete = bool(discrete)
+        self.trial_inputs = bool(trial_inputs)  # RL² inputs: [obs, prev action, prev reward, episode-start flag]
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((backbone.output_dim,), float(init_log_std)))
         self._tensor_state = isinstance(backbone.init_hidden(1), torch.Tensor)
 
     @classmethod
     def for_spaces(cls, observation_space: gym.Space, action_space: gym.Space, *, backbone: str = "gru",
-                   width: int = 64, backbone_kwargs: dict | None = None, init_log_std: float = 0.0) -> PolicyNet:
-        """A flat Box observation space; Discrete or 1-D Box actions (ValueError naming the space otherwise)."""
+                   width: int = 64, backbone_kwargs: dict | None = None, init_log_std: float = 0.0,
+                   trial_inputs: bool = False) -> PolicyNet:
+        """A flat Box observation space; Discrete or 1-D Box actions (ValueError naming the space otherwise).
+
+        ``trial_inputs``: the backbone reads ``trial_input(obs, ...)``, RL²'s ``[obs, previous action (one-hot for
+        Discrete), previous reward, episode-start flag]`` (D + A + 2 inputs) instead of ``obs``.
+        """
         if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
             raise ValueError(f"PolicyNet needs a flat Box observation space, got {observation_space}")
         discrete = isinstance(action_space, gym.spaces.Discrete)
@@ -54,9 +61,30 @@ class PolicyNet(nn.Module):
             out_dim = int(action_space.shape[0])
         else:
             raise ValueError(f"PolicyNet supports Discrete or 1-D Box actions, got {action_space}")
-        net = models.build(backbone, input_dim=int(np.prod(observation_space.shape)), output_dim=out_dim,
-                           width=int(width), **dict(backbone_kwargs or {}))
-        return cls(net, discrete=discrete, init_log_std=init_log_std)
+        in_dim = int(np.prod(observation_space.shape)) + (out_dim + 2 if trial_inputs else 0)
+        net = models.build(backbone, input_dim=in_dim, output_dim=out_dim, width=int(width),
+                           **dict(backbone_kwargs or {}))
+        return cls(net, discrete=discrete, init_log_std=init_log_std, trial_inputs=trial_inputs)
+
+    @property
+    def action_feature_dim(self) -> int:
+        """Width of an action as a trial input: the number of actions (one-hot) or the action dimension."""
+        return int(self.backbone.output_dim)
+
+    def action_features(self, actions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Actions (..., [A]) as trial inputs (..., action_feature_dim): one-hot for Discrete, as is for Box."""
+        if self.discrete:
+            return torch.nn.functional.one_hot(actions.long(), self.action_feature_dim).to(dtype)
+        return actions.to(dtype)
+
+    @staticmethod
+    def trial_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor,
+                    first: torch.Tensor) -> torch.Tensor:
+        """RL²'s input ``[obs, prev action features, prev reward, episode-start flag]`` along the last dim
+        (obs (..., D), prev_action (..., A), prev_reward and first (...)); zeros for the previous action and
+        reward at a trial's first step."""
+        dt = obs.dtype
+        return torch.cat([obs, prev_action.to(dt), prev_reward.to(dt).unsqueeze(-1), first.to(dt).unsqueeze(-1)], -1)
 
     @property
     def stateful(self) -> bool:

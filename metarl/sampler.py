@@ -24,6 +24,7 @@ replaying env i's recorded steps in order from the initial state reproduces it (
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -204,10 +205,41 @@ def _keep_rows(new: State, old: State, advance: list[bool]) -> State:
 @dataclass
 class TrialCarry:
     """What one trial carries on every env from a ``sample_episodes`` call to the next (phase to phase): the
-    recurrent state after the env's last recorded step, (n, ...) per key; None in a fresh carry (a new trial
-    starts from the initial state)."""
+    recurrent state after the env's last recorded step, (n, ...) per key, and that step's action features
+    (n, A) and reward (n,) (RL² inputs); None in a fresh carry (a new trial: initial state, zero inputs)."""
 
     state: State | None = None
+    prev_action: torch.Tensor | None = None
+    prev_reward: torch.Tensor | None = None
+
+    def filled(self, net: PolicyNet, n: int) -> TrialCarry:
+        """This carry with its None fields set to a new trial's values (initial state, zeros)."""
+        p = next(net.parameters())
+        return TrialCarry(
+            state=net.initial_state(n) if self.state is None else self.state,
+            prev_action=torch.zeros(n, net.action_feature_dim, dtype=p.dtype, device=p.device)
+            if self.prev_action is None else self.prev_action,
+            prev_reward=torch.zeros(n, dtype=p.dtype, device=p.device) if self.prev_reward is None else self.prev_reward,
+        )
+
+
+def _net_input(net: PolicyNet, obs: torch.Tensor, carry: TrialCarry | None, book: _Autoreset) -> torch.Tensor:
+    if not net.trial_inputs:
+        return obs
+    first = torch.tensor([t == 0 for t in book.t], dtype=obs.dtype, device=obs.device)
+    return net.trial_input(obs, carry.prev_action, carry.prev_reward, first)
+
+
+def _advance_inputs(net: PolicyNet, carry: TrialCarry, action: torch.Tensor, reward: np.ndarray,
+                    stepped: list[bool]) -> None:
+    """The previous action and reward of the rows stepped this iteration become this iteration's."""
+    if not net.trial_inputs:
+        return
+    f = torch.tensor(stepped, dtype=torch.bool, device=carry.prev_reward.device)
+    feats = net.action_features(action.to(carry.prev_reward.device), carry.prev_reward.dtype)
+    carry.prev_action = torch.where(f.unsqueeze(-1), feats, carry.prev_action)
+    carry.prev_reward = torch.where(f, torch.as_tensor(reward, dtype=carry.prev_reward.dtype,
+                                                        device=f.device), carry.prev_reward)
 
 
 # --- the loop -------------------------------------------------------------------------------------------------------
@@ -261,25 +293,32 @@ def _act_loop(net: PolicyNet, envs: Sequence[gym.Env], rec: EpisodeRecorder, boo
     if not discrete and np.isfinite(space.low).all() and np.isfinite(space.high).all():
         low, high = (torch.as_tensor(b, dtype=dtype) for b in (space.low, space.high))
     n = len(envs)
-    init_state = state = net.initial_state(n) if carry is None or carry.state is None else carry.state
+    if net.trial_inputs and carry is None:
+        raise ValueError("a net with trial_inputs needs trial memory: pass carry=TrialCarry()")
+    if carry is not None:
+        carry = carry.filled(net, n)
+    init_state = state = net.initial_state(n) if carry is None else carry.state
     k = 0
     while book.num_active:
-        y, new_state = net(torch.from_numpy(rec.obs[k]).to(dtype=dtype, device=device), state)  # (n, out)
+        x = _net_input(net, torch.from_numpy(rec.obs[k]).to(dtype=dtype, device=device), carry, book)
+        y, new_state = net(x, state)  # (n, out)
         if not on_cpu:
             y = y.cpu()
         action, aux = sample_action(y, discrete=discrete, generator=generator, explore=explore)
         rec.log_actions(action, aux, y)
         env_action = (action if low is None else torch.clamp(action, low, high)).numpy()
-        if carry is not None:  # the rows stepped (recorded) this iteration: active and not being reset
-            state = _keep_rows(new_state, state, [a and not p for a, p in zip(book.active, book.pending)])
+        stepped = [a and not p for a, p in zip(book.active, book.pending)]  # rows recorded this iteration
+        if carry is not None:
+            state = _keep_rows(new_state, state, stepped)
         fresh = book.step(envs, env_action, rec, k)
+        if carry is not None:
+            _advance_inputs(net, carry, action, rec.rewards[k], stepped)
         if carry is None:
             state = new_state
             if fresh:
                 state = _reset_rows(state, init_state, fresh, n)
         k += 1
-    if carry is not None:
-        carry.state = state
+    return None if carry is None else dataclasses.replace(carry, state=state)
 
 
 @torch.inference_mode()
@@ -320,6 +359,8 @@ def sample_episodes(
         rec.obs[0, i], _ = env.reset(seed=None if env_seeds[i] is None else int(env_seeds[i]))
     book = _Autoreset(n, num_episodes // n)
     gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, 1))
-    call_with_params(net, params, lambda acting: _act_loop(acting, envs, rec, book, generator=gen, explore=explore,
-                                                           carry=carry))
+    end = call_with_params(net, params, lambda acting: _act_loop(acting, envs, rec, book, generator=gen,
+                                                                 explore=explore, carry=carry))
+    if carry is not None:
+        carry.state, carry.prev_action, carry.prev_reward = end.state, end.prev_action, end.prev_reward
     return rec.to_batch(dtype=next(net.parameters()).dtype, weights_id=weights_id)

@@ -47,9 +47,10 @@ def make_envs(name):
     return envs
 
 
-def make_net(envs, backbone):
+def make_net(envs, backbone, trial_inputs=False):
     torch.manual_seed(0)
-    net = PolicyNet.for_spaces(envs[0].observation_space, envs[0].action_space, backbone=backbone, width=8)
+    net = PolicyNet.for_spaces(envs[0].observation_space, envs[0].action_space, backbone=backbone, width=8,
+                               trial_inputs=trial_inputs)
     return net.double()
 
 
@@ -64,6 +65,7 @@ def replay_logp(net, phases, n, carry_across: bool):
     out = []
     for i in range(n):
         state = net.initial_state(1)
+        prev_a, prev_r = torch.zeros(1, net.action_feature_dim, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
         for params, batch in phases:
             quota = batch.num_episodes // n
             for e in range(i * quota, (i + 1) * quota):
@@ -73,8 +75,13 @@ def replay_logp(net, phases, n, carry_across: bool):
                 logps = []
                 for t in range(steps):
                     obs = torch.as_tensor(batch.obs[e, t:t + 1])
+                    action = torch.as_tensor(batch.actions[e, t:t + 1])
+                    if net.trial_inputs:  # RL² inputs by hand: previous real step's action and reward, flag at t = 0
+                        obs = torch.cat([obs, prev_a, prev_r[:, None], torch.full((1, 1), float(t == 0))], -1)
+                        prev_a = net.action_features(action, torch.float64)
+                        prev_r = torch.as_tensor(batch.rewards[e, t:t + 1])
                     y, state = torch.func.functional_call(net, params, (obs, state))
-                    logps.append(net.dist_log_prob(y, torch.as_tensor(batch.actions[e, t:t + 1])))
+                    logps.append(net.dist_log_prob(y, action))
                 out.append((batch.logp[e, :steps], torch.cat(logps).detach().numpy()))
     return out
 
@@ -84,11 +91,11 @@ def sample_trial(envs, net, carry, params_per_phase, episodes):
             for k, p in enumerate(params_per_phase)]
 
 
-@pytest.mark.parametrize("backbone", ["gru", "lru"])
+@pytest.mark.parametrize(("backbone", "trial_inputs"), [("gru", False), ("lru", False), ("gru", True), ("lru", True)])
 @pytest.mark.parametrize("name", ["navigation-2d", "bandit"])
-def test_state_runs_across_episodes_and_phases_on_recorded_steps_only(name, backbone):
+def test_state_runs_across_episodes_and_phases_on_recorded_steps_only(name, backbone, trial_inputs):
     envs = make_envs(name)
-    net = make_net(envs, backbone)
+    net = make_net(envs, backbone, trial_inputs)
     n = len(envs)
     params = [dict(net.named_parameters()), shifted(net, 0.3)]
     phases = sample_trial(envs, net, TrialCarry(), params, episodes=3 * n)
@@ -116,3 +123,16 @@ def test_a_fresh_carry_starts_from_the_initial_state_and_episode_memory_is_uncha
     episode = [(theta, sample_episodes(envs, net, theta, num_episodes=2 * n, seed=11))]  # no carry: episode memory
     for recorded, replayed in replay_logp(net, episode, n, carry_across=False):
         np.testing.assert_allclose(recorded, replayed, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["navigation-2d", "bandit"])
+def test_mlp_with_trial_inputs_sees_previous_action_and_reward(name):
+    """The ablation: no recurrent state, only RL² inputs carried across episodes and phases."""
+    envs = make_envs(name)
+    net = make_net(envs, "mlp", trial_inputs=True)
+    n = len(envs)
+    phases = sample_trial(envs, net, TrialCarry(), [dict(net.named_parameters()), shifted(net, 0.3)], episodes=2 * n)
+    for recorded, replayed in replay_logp(net, phases, n, carry_across=True):
+        np.testing.assert_allclose(recorded, replayed, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="trial_inputs needs trial memory"):
+        sample_episodes(envs, net, None, num_episodes=n, seed=0)
