@@ -194,7 +194,7 @@ def _reset_rows(state: State, init_state: State, rows: list[int], n: int) -> Sta
     return {key: torch.where(f.view(-1, *([1] * (v.dim() - 1))), init_state[key], v) for key, v in state.items()}
 
 
-def _keep_rows(new: State, old: State, advance: list[bool]) -> State:
+def keep_rows(new: State, old: State, advance: list[bool]) -> State:
     """``new`` on the rows where ``advance`` is True, ``old`` elsewhere (trial memory: only recorded steps count)."""
     if not new or all(advance):
         return new
@@ -309,7 +309,7 @@ def _act_loop(net: PolicyNet, envs: Sequence[gym.Env], rec: EpisodeRecorder, boo
         env_action = (action if low is None else torch.clamp(action, low, high)).numpy()
         stepped = [a and not p for a, p in zip(book.active, book.pending)]  # rows recorded this iteration
         if carry is not None:
-            state = _keep_rows(new_state, state, stepped)
+            state = keep_rows(new_state, state, stepped)
         fresh = book.step(envs, env_action, rec, k)
         if carry is not None:
             _advance_inputs(net, carry, action, rec.rewards[k], stepped)
