@@ -153,6 +153,18 @@ def trial_meta_gradient_loop(net: PolicyNet, params: Params, tasks: Sequence[Pre
     return total / max(len(tasks), 1), max_dlogp
 
 
+def prepare_trial_task(support: Sequence[EpisodeBatch], query: EpisodeBatch, n: int, *, dtype: torch.dtype, device,
+                       gamma: float, normalize_advantages: bool = True, trial_returns: bool = True) -> PreparedTask:
+    """``metarl.rl.prepare_task`` for trial memory: tensors and ``phase_advantages`` of every phase."""
+
+    def with_adv(batch: EpisodeBatch) -> dict[str, torch.Tensor]:
+        t = batch.tensors(dtype, device)
+        return {**t, "advantages": phase_advantages(t, n, gamma=gamma, normalize=normalize_advantages,
+                                                    trial_returns=trial_returns)}
+
+    return PreparedTask(tuple(with_adv(b) for b in support), with_adv(query))
+
+
 # --- sampling a trial (what the runner does per task job) ---------------------------------------------------------
 
 

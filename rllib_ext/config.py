@@ -94,8 +94,19 @@ class MAMLConfig(AlgorithmConfig):
                 "init_log_std": self.init_log_std,
                 "max_seq_len": self.max_seq_len or self.max_episode_steps,
                 "dtype": self.dtype,
+                "trial_inputs": self.uses_trial_inputs,
             },
         )
+
+    @property
+    def uses_trial_inputs(self) -> bool:
+        """``trial_inputs`` resolved: on with ``memory="trial"`` unless set."""
+        return self.memory == "trial" if self.trial_inputs is None else bool(self.trial_inputs)
+
+    @property
+    def uses_trial_returns(self) -> bool:
+        """``trial_returns`` resolved: on with ``memory="trial"`` unless set."""
+        return self.memory == "trial" if self.trial_returns is None else bool(self.trial_returns)
 
     def get_default_learner_class(self):
         return MAMLLearner
@@ -123,6 +134,10 @@ class MAMLConfig(AlgorithmConfig):
                 f"MAMLConfig.eval_episodes = {self.eval_episodes} (flag --eval-episodes) must be a multiple of "
                 f"num_envs_per_env_runner = {self.num_envs_per_env_runner} (or None: episodes_per_task)"
             )
+        for name in ("trial_inputs", "trial_returns"):
+            if getattr(self, name) and self.memory != "trial":
+                raise ValueError(f"MAMLConfig.{name} = True needs memory='trial' (got memory={self.memory!r}); "
+                                 f"allowed with memory='episode': False or None")
         n_learners = max(self.num_learners, 1)
         if self.meta_batch_size % n_learners:
             raise ValueError(

@@ -128,6 +128,15 @@ FIELDS: tuple[Field, ...] = (
     _meta("inner_objective", str, "vpg", "inner loss: 'vpg' (the MAML paper's policy-gradient surrogate) or 'lvc' "
           "(ProMP's low-variance curvature: same inner step, its Hessian adds the sampling-distribution term)",
           choices=lambda: ["vpg", "lvc"]),
+    _meta("memory", str, "episode", "recurrent memory: 'episode' (every episode starts from the initial state) or "
+          "'trial' (per sub-env, one task's support and query phases are one trial: the state runs on across "
+          "episodes and phases, reset at each task job; with inner_steps=0 this is RL²)",
+          choices=lambda: ["episode", "trial"]),
+    _meta("trial_inputs", bool, None, "the backbone also reads RL²'s previous action, previous reward and "
+          "episode-start flag (trial memory only)", none="on with memory='trial'"),
+    _meta("trial_returns", bool, None, "returns-to-go run across episode boundaries within a phase, the "
+          "baseline fitted over each sub-env's phase (trial memory only); off: per-episode returns",
+          none="on with memory='trial'"),
     _meta("outer_steps", int, 5, "Adam steps on the clipped surrogate per meta-iteration", lo=1),
     _meta("clip_param", float, 0.3, "ProMP surrogate clip ε", lo=0, hi=1, lo_open=True, hi_open=True),
     _meta("normalize_advantages", bool, True, "normalise the advantages of each task's episodes"),

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
+from metarl import trial
 from metarl.meta_batch import meta_gradient_batched
 from metarl.policy_net import functional_log_prob
 from metarl.rl import PreparedTask, meta_gradient_loop, prepare_task
@@ -59,6 +60,14 @@ class MAMLLearner(TorchLearner):
         """Episode tensors and advantages of each task, on this Learner's device and dtype (inputs untouched)."""
         p0 = next(self.policy.parameters())
         cfg = self.config
+        if cfg.memory == "trial":
+            return [
+                trial.prepare_trial_task(r.support, r.query, cfg.num_envs_per_env_runner, dtype=p0.dtype,
+                                         device=p0.device, gamma=cfg.gamma,
+                                         normalize_advantages=cfg.normalize_advantages,
+                                         trial_returns=cfg.uses_trial_returns)
+                for r in task_results
+            ]
         return [
             prepare_task(r.support, r.query, dtype=p0.dtype, device=p0.device, gamma=cfg.gamma,
                          normalize_advantages=cfg.normalize_advantages)
@@ -77,6 +86,11 @@ class MAMLLearner(TorchLearner):
         """
         cfg = self.config
         net = self.policy.net
+        if cfg.memory == "trial":  # whole trials, one task at a time (the batched meta-gradient is episode memory's)
+            return trial.trial_meta_gradient_loop(
+                net, dict(net.named_parameters()), tasks, num_envs=cfg.num_envs_per_env_runner,
+                num_tasks_total=num_tasks_total, inner_lr=cfg.inner_lr, clip=cfg.clip_param,
+                first_order=cfg.first_order, objective=cfg.inner_objective)
         return (meta_gradient_loop if per_task_loop else meta_gradient_batched)(
             lambda p, o, a: functional_log_prob(net, p, o, a)[0],
             dict(net.named_parameters()),

@@ -7,7 +7,7 @@ maps RLlib's batch columns to it. ``max_seq_len`` in ``model_config`` must cover
 through whole episodes.
 
 ``model_config`` keys: ``backbone`` (name in ``metarl.models.available()``), ``width``, ``backbone_kwargs``,
-``init_log_std``, ``max_seq_len``, ``dtype`` (``"float32"`` or ``"float64"``). Parameter names: ``net.backbone.*``
+``init_log_std``, ``max_seq_len``, ``dtype`` (``"float32"`` or ``"float64"``), ``trial_inputs`` (RL² inputs). Parameter names: ``net.backbone.*``
 and ``net.log_std``.
 """
 
@@ -29,6 +29,7 @@ class MetaRLModule(TorchRLModule):
             width=int(cfg.get("width", 64)),
             backbone_kwargs=cfg.get("backbone_kwargs"),
             init_log_std=float(cfg.get("init_log_std", 0.0)),
+            trial_inputs=bool(cfg.get("trial_inputs", False)),
         )
         if cfg.get("dtype", "float32") == "float64":
             self.double()

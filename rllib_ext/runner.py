@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
-from metarl import sampler
+from metarl import sampler, trial
 from metarl.policy_net import functional_log_prob
 from metarl.rl import EpisodeBatch, adapt_policy
 from rllib_ext.jobs import TaskJob, TaskResult
@@ -49,6 +49,8 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
         cfg = self.config
         net = self.module.net
         self.env.unwrapped.call("set_task", job.task)
+        if cfg.memory == "trial":
+            return self._run_trial(job)
         params = {k: p.detach() for k, p in net.named_parameters()}  # θ_k; the module itself keeps θ
         p0 = next(net.parameters())
         support, inner_losses, adapted = [], [], []
@@ -87,6 +89,29 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
             time_adapt_s=t_adapt,
             runner=self.worker_index,
             adapted_params=tuple(adapted) if job.return_params else None,
+        )
+
+    def _run_trial(self, job: TaskJob) -> TaskResult:
+        """Trial memory: the job's phases are one trial on every sub-env (``metarl.trial.sample_trial``): the state
+        starts from the initial state here, at the job's start, and runs on across episodes and phases."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        batches, adapted, losses = trial.sample_trial(
+            self.sub_envs(), self.module.net, inner_steps=job.inner_steps, num_episodes=job.episodes_per_task,
+            seed=job.seed, lr=cfg.inner_lr, gamma=cfg.gamma, objective=cfg.inner_objective,
+            normalize_advantages=cfg.normalize_advantages, trial_returns=cfg.uses_trial_returns,
+            weights_prefix=f"{job.iteration}/")
+        return TaskResult(
+            task_index=job.task_index,
+            task=np.asarray(job.task.as_array()),
+            support=tuple(batches[:-1]),
+            query=batches[-1],
+            inner_losses=tuple(losses),
+            time_sample_s=time.perf_counter() - t0,  # sampling and inner steps together
+            time_adapt_s=0.0,
+            runner=self.worker_index,
+            adapted_params=tuple({n: v.cpu().clone() for n, v in p.items()} for p in adapted)
+            if job.return_params else None,
         )
 
     # --- the sampler ------------------------------------------------------------------------------------------

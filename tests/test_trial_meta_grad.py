@@ -65,7 +65,7 @@ def ref_phase(net, params, phase, n, carries):
     return torch.stack(rows), out
 
 
-def reference_meta_gradient(net, phases, n, *, first_order):
+def reference_meta_gradient(net, phases, n, *, first_order, lr=LR, clip=CLIP):
     theta = dict(net.named_parameters())
     carries = [(net.initial_state(1), torch.zeros(1, net.action_feature_dim, dtype=torch.float64),
                 torch.zeros((), dtype=torch.float64))] * n
@@ -76,10 +76,10 @@ def reference_meta_gradient(net, phases, n, *, first_order):
 
         g = torch.func.grad(inner_loss)(params)  # ∂L_k/∂θ_k, the starting carries held as they are
         _, carries = ref_phase(net, params, phase, n, carries)  # the carry as a function of θ
-        params = {k: params[k] - LR * (g[k].detach() if first_order else g[k]) for k in params}
+        params = {k: params[k] - lr * (g[k].detach() if first_order else g[k]) for k in params}
     q = phases[-1]
     logp, _ = ref_phase(net, params, q, n, carries)
-    loss = clipped_surrogate_loss(logp, q["logp"], q["advantages"], q["mask"], clip=CLIP)
+    loss = clipped_surrogate_loss(logp, q["logp"], q["advantages"], q["mask"], clip=clip)
     grads = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
     return {k: torch.zeros_like(theta[k]) if g is None else g for k, g in zip(theta, grads)}, logp
 

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 RESULTS = "results.json"
 LOCK = ".lock"
 #: config fields that decide the shape of the weights: a resume must not change them
-STRUCTURAL = ("task", "backbone", "width", "backbone_kwargs", "dtype")
+STRUCTURAL = ("task", "backbone", "width", "backbone_kwargs", "dtype", "memory", "trial_inputs")
 
 
 def is_uri(out: str) -> bool:

@@ -1,0 +1,118 @@
+"""Trial memory through RLlib (``MAMLConfig.meta(memory="trial")``): the runner's trial against the Learner's.
+
+- θ_K from the runner equals θ_K the Learner recomputes over the whole trial; the Learner's recomputed query
+  log-probs equal the sampled ones; its meta-gradient equals the hand-written reference of
+  tests/test_trial_meta_grad.py (gru, lru; 1 and 2 inner steps; first and second order).
+- The state IS reset when a task job starts (a second job on the same runner replays from the initial state) and is
+  NOT reset at an episode boundary inside the trial.
+- RL² (inner_steps=0) and the MLP ablation run a training iteration on the bandit; bad field combinations are named.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+import torch
+from conftest import init_ray_with_tests_on_path
+from test_trial_meta_grad import reference_meta_gradient
+from test_trial_sampler import replay_logp
+
+from metarl.trial import adapt_trial
+from rllib_ext.algorithm import MAMLConfig
+from rllib_ext.jobs import TaskJob
+from rllib_ext.rllib_internals import local_learner
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    init_ray_with_tests_on_path()
+    yield
+    ray.shutdown()
+
+
+def tiny(backbone="gru", task="navigation-2d", **meta) -> MAMLConfig:
+    kw = dict(task=task, backbone=backbone, width=8, meta_batch_size=2, episodes_per_task=4, outer_steps=1,
+              memory="trial", dtype="float64", horizon=5)
+    kw.update(meta)
+    return (MAMLConfig().meta(**kw).env_runners(num_env_runners=0, num_envs_per_env_runner=2).debugging(seed=0))
+
+
+def build(cfg):
+    algo = cfg.build_algo()
+    return algo, algo.env_runner_group.local_env_runner, local_learner(algo.learner_group)
+
+
+def job(runner, cfg, seed=3):
+    task = runner.env.unwrapped.envs[0].unwrapped.sample_tasks(1, seed=seed)[0]
+    return runner.run_task(TaskJob(task=task, task_index=0, iteration=0, seed=seed, inner_steps=cfg.inner_steps,
+                                   episodes_per_task=cfg.episodes_per_task, return_params=True))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backbone", ["gru", "lru"])
+@pytest.mark.parametrize("inner_steps", [1, 2])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_runner_and_learner_agree_and_meta_gradient_equals_reference(backbone, inner_steps, first_order):
+    cfg = tiny(backbone, inner_steps=inner_steps, first_order=first_order)
+    algo, runner, learner = build(cfg)
+    try:
+        res = job(runner, cfg)
+        assert [b.weights_id for b in res.batches] == [f"0/{k}" for k in range(inner_steps + 1)]
+        net = learner.policy.net
+        assert net.trial_inputs and runner.module.net.trial_inputs
+        tasks = learner.prepare([res])
+        adapted, _, _ = adapt_trial(net, dict(net.named_parameters()), tasks[0].support, 2, lr=cfg.inner_lr,
+                                    first_order=False)
+        for name, v in res.adapted_params[-1].items():
+            torch.testing.assert_close(adapted[name].detach(), v, rtol=1e-10, atol=1e-10, msg=name)
+        phases = [*tasks[0].support, tasks[0].query]
+        ref, _ = reference_meta_gradient(net, phases, 2, first_order=first_order, lr=cfg.inner_lr, clip=cfg.clip_param)
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        _, dlogp = learner.meta_gradient(tasks, num_tasks_total=1)
+        assert dlogp < 1e-10, "the Learner's trial replay must reproduce the sampled log-probs"
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(p.grad, ref[name], rtol=1e-9, atol=1e-12, msg=name)
+    finally:
+        algo.stop()
+
+
+@pytest.mark.timeout(120)
+def test_state_reset_at_a_new_task_job_not_at_an_episode_boundary():
+    cfg = tiny("gru", inner_steps=0)
+    algo, runner, _ = build(cfg)
+    try:
+        job(runner, cfg, seed=3)  # a previous job leaves its state behind on this runner
+        res = job(runner, cfg, seed=4)
+        net = runner.module.net
+        phases = [(dict(net.named_parameters()), res.query)]
+        for recorded, replayed in replay_logp(net, phases, 2, carry_across=True):  # from the initial state
+            np.testing.assert_allclose(recorded, replayed, rtol=1e-10, atol=1e-10)
+        reset = replay_logp(net, phases, 2, carry_across=False)
+        assert max(np.abs(a - b).max() for a, b in reset) > 1e-6, "the state must run on across episodes"
+    finally:
+        algo.stop()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("backbone", "inner_steps"), [("gru", 0), ("mlp", 0), ("lru", 1)])
+def test_rl2_and_trial_memory_train_an_iteration_on_the_bandit(backbone, inner_steps):
+    cfg = tiny(backbone, task="bandit", inner_steps=inner_steps, dtype="float32", horizon=None)
+    algo = cfg.build_algo()
+    try:
+        result = algo.train()
+        flat = str(result)
+        assert "adapt" in flat
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (dict(memory="trials"), "memory"),
+    (dict(memory="episode", trial_inputs=True), "trial_inputs = True needs memory='trial'"),
+    (dict(memory="episode", trial_returns=True), "trial_returns = True needs memory='trial'"),
+])
+def test_bad_memory_fields_are_named(change, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**change).validate()
