@@ -116,3 +116,21 @@ def test_rl2_and_trial_memory_train_an_iteration_on_the_bandit(backbone, inner_s
 def test_bad_memory_fields_are_named(change, match):
     with pytest.raises(ValueError, match=match):
         tiny(**change).validate()
+
+
+def test_rl2_method_in_the_sweep_grid_is_trial_memory_without_inner_step():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from tune_configs.baselines import SIZES, param_space, with_size
+
+    size = with_size(SIZES["smoke"], iterations=2)
+    widths = {"bandit": {"gru": {"width": 8, "backbone_params": 0}}}
+    space = param_space(size, backbones=["gru"], task_names=["bandit"], seeds=1, methods=["maml", "multitask", "rl2"],
+                        widths=widths)
+    got = {cfg["method"]: (cfg["inner_steps"], cfg["memory"]) for _, cfg in generate_variants(space)}
+    assert got == {"maml": (size.inner_steps, "episode"), "multitask": (0, "episode"), "rl2": (0, "trial")}
+    for method in got:  # the trial config validates (memory, inner_steps and fields together)
+        cfg = MAMLConfig().update_from_dict({k: v for k, v in space.items() if k not in ("method",)} | {
+            "task": "bandit", "backbone": "gru", "width": 8, "seed": 0, "inner_steps": got[method][0],
+            "memory": got[method][1]})
+        cfg.validate_meta(local_learner_here=False)

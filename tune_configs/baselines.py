@@ -4,8 +4,9 @@ One trial = one ``MAML`` run of ``MAMLConfig`` with these fields set by the grid
 
     task       in --tasks          (metarl.tasks.names())
     backbone   in --backbones      (metarl.models.available(); default: all of them)
-    method     in {"maml", "multitask"}   multitask = .meta(inner_steps=0): θ trained on the same tasks
-                                           without the inner step (the non-meta baseline)
+    method     in {"maml", "multitask", "rl2"}   multitask = .meta(inner_steps=0): θ trained on the same tasks
+                                           without the inner step (the non-meta baseline); rl2 =
+                                           .meta(inner_steps=0, memory="trial"): adapts in context only (RL²)
     seed       in range(--seeds)   (weights and task sampler)
     width      = matched[task][backbone]: the width at which the backbone has ~``target_params`` parameters
                  (``metarl.models.build_matched``), so that backbones are compared at an equal size
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 
 from metarl import models, tasks
 
-METHODS = {"maml": None, "multitask": 0}  # method -> inner_steps (None: the size's inner_steps)
+METHODS = {"maml": None, "multitask": 0, "rl2": 0}  # method -> inner_steps (None: the size's inner_steps)
+METHOD_MEMORY = {"maml": "episode", "multitask": "episode", "rl2": "trial"}  # method -> MAMLConfig.memory
 DEFAULT_TASKS = ("halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "humanoid-dir")
 METRIC = "eval/return_post"  # held-out return after eval_inner_steps steps: what ASHA and the report rank by ("max")
 FRESH = "eval/fresh"  # 1 on a result that holds a new evaluation (0: carried forward); ASHA's rungs fall on these
@@ -184,6 +186,8 @@ def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str],
         width=tune.sample_from(lambda config: table[config["task"]][config["backbone"]]),
         inner_steps=tune.sample_from(lambda config: k if METHODS[config["method"]] is None else 0),
     )
+    if any(METHOD_MEMORY[m] != "episode" for m in methods):  # else the config's own memory field stays as is
+        space["memory"] = tune.sample_from(lambda config: METHOD_MEMORY[config["method"]])
     return space
 
 
