@@ -29,6 +29,9 @@ from metarl.rl import EpisodeBatch, adapt_policy
 
 logger = logging.getLogger(__name__)
 
+#: key of the previous action (RL² inputs) in the state ``MetaPolicy.act`` returns
+PREV_ACTION = "prev_action"
+
 
 class MetaPolicy:
     """A loaded policy: ``act`` (one step, batched or not), ``adapt`` (inner steps), ``reset`` (back to θ).
@@ -61,22 +64,47 @@ class MetaPolicy:
         return self.net.initial_state(batch_size)
 
     @torch.no_grad()
-    def act(self, obs, state: dict | None = None, explore: bool = True) -> tuple[np.ndarray, dict]:
+    def act(self, obs, state: dict | None = None, explore: bool = True, *, reward=None,
+            episode_start=None) -> tuple[np.ndarray, dict]:
         """obs (D,) or (B, D) -> (action (A,) or (B, A) [int for discrete], next state). ``explore=False``: the mean
-        / argmax action. Box actions are NOT clipped to the action space (the log-probs are of the raw sample)."""
+        / argmax action. Box actions are NOT clipped to the action space (the log-probs are of the raw sample).
+
+        A policy trained with RL² inputs (``trial_inputs``) also needs the previous step's ``reward`` (scalar or
+        (B,); ignored at a trial's first step) and ``episode_start`` (True on each episode's first step); the
+        previous action travels in ``state`` (key ``"prev_action"``). Pass the returned state on across the
+        episodes of a trial, ``None`` to start a new trial."""
         p = next(self.net.parameters())
         o = torch.as_tensor(np.asarray(obs), dtype=p.dtype, device=p.device)
         single = o.dim() == 1
         o = o.unsqueeze(0) if single else o  # (B, D)
         if state is None:
             state = self.initial_state(o.shape[0])
-        y, next_state = sampler.call_with_params(self.net, self._adapted, lambda net: net(o, state))
+        x, state = self._trial_input(o, state, reward, episode_start) if self.net.trial_inputs else (o, state)
+        y, next_state = sampler.call_with_params(self.net, self._adapted, lambda net: net(x, state))
         action, _ = sampler.sample_action(y.cpu(), discrete=self.net.discrete, generator=self._gen, explore=explore)
+        if self.net.trial_inputs:
+            next_state = {**next_state, PREV_ACTION: self.net.action_features(action, p.dtype).to(p.device)}
         action = action.numpy()
         if not np.isfinite(action).all():
             raise FloatingPointError(f"act(): the policy produced a non-finite action {action.tolist()[:4]} for obs "
                                      f"{np.asarray(obs).tolist()[:4]}: its parameters or the observation diverged")
         return (action[0] if single else action), next_state
+
+    def _trial_input(self, o: torch.Tensor, state: dict, reward, episode_start) -> tuple[torch.Tensor, dict]:
+        """RL²'s input for this step and the recurrent state without the previous action."""
+        if episode_start is None:
+            raise ValueError("act(): this policy reads RL² inputs (trial_inputs): pass episode_start (True on each "
+                             "episode's first step) and, after a trial's first step, reward (the previous step's)")
+        b = o.shape[0]
+        state = dict(state)
+        prev_a = state.pop(PREV_ACTION, None)
+        first_of_trial = prev_a is None
+        if first_of_trial:
+            prev_a = torch.zeros(b, self.net.action_feature_dim, dtype=o.dtype, device=o.device)
+        prev_r = torch.zeros(b, dtype=o.dtype, device=o.device) if first_of_trial or reward is None else \
+            torch.as_tensor(np.asarray(reward), dtype=o.dtype, device=o.device).reshape(-1).expand(b)
+        first = torch.as_tensor(np.asarray(episode_start), dtype=o.dtype, device=o.device).reshape(-1).expand(b)
+        return self.net.trial_input(o, prev_a, prev_r, first), state
 
     def adapt(self, episodes: EpisodeBatch | Sequence[EpisodeBatch], *, lr: float | None = None,
               steps: int = 1) -> list[float]:

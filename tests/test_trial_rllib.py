@@ -134,3 +134,35 @@ def test_rl2_method_in_the_sweep_grid_is_trial_memory_without_inner_step():
             "task": "bandit", "backbone": "gru", "width": 8, "seed": 0, "inner_steps": got[method][0],
             "memory": got[method][1]})
         cfg.validate_meta(local_learner_here=False)
+
+
+@pytest.mark.parametrize("backbone", ["gru", "mlp"])
+def test_meta_policy_act_carries_rl2_inputs_like_the_sampler(backbone):
+    """A deployed RL² policy acting step by step (greedy) on a trial of bandit episodes ends in the state, and takes
+    the actions, the sampler's trial memory has for the same episodes."""
+    import types
+
+    from test_trial_sampler import make_envs, make_net
+
+    from metarl.sampler import TrialCarry, sample_episodes
+    from rllib_ext.policy import PREV_ACTION, MetaPolicy
+
+    envs = make_envs("bandit")[:1]
+    net = make_net(envs, backbone, trial_inputs=True)
+    carry = TrialCarry()
+    batch = sample_episodes(envs, net, None, num_episodes=6, seed=0, explore=False, carry=carry)
+    policy = MetaPolicy(types.SimpleNamespace(net=net), inner_lr=0.1, gamma=0.9)
+    env, state, reward, actions = envs[0], None, None, []
+    for _ in range(6):
+        obs, _ = env.reset()
+        action, state = policy.act(obs, state, explore=False, reward=reward, episode_start=True)
+        _, reward, *_ = env.step(action)
+        actions.append(int(action))
+    assert actions == batch.actions[:, 0].tolist()
+    torch.testing.assert_close(state[PREV_ACTION], carry.prev_action, rtol=0, atol=0)
+    for key, value in carry.state.items():
+        torch.testing.assert_close(state[key], value, rtol=1e-10, atol=1e-10)
+    # the next step's input would hold the last reward: the sampler's carry has it too
+    assert float(carry.prev_reward[0]) == reward
+    with pytest.raises(ValueError, match="episode_start"):
+        policy.act(obs, None)
