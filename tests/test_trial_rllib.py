@@ -166,3 +166,15 @@ def test_meta_policy_act_carries_rl2_inputs_like_the_sampler(backbone):
     assert float(carry.prev_reward[0]) == reward
     with pytest.raises(ValueError, match="episode_start"):
         policy.act(obs, None)
+
+
+@pytest.mark.parametrize(("field", "old", "new"), [("memory", "episode", "trial"), ("trial_inputs", None, False)])
+def test_resume_refuses_to_change_memory_structure(field, old, new):
+    import argparse
+
+    from metarl.apps import run_folder
+
+    before = run_folder.provenance_config(tiny(memory="episode").meta(**{field: old}))
+    after = run_folder.provenance_config(tiny(memory="episode").meta(**{field: new}))
+    with pytest.raises(ValueError, match=f"different model/task.*{field}"):
+        run_folder._check_structure(argparse.Namespace(out="runs/x"), before, after, where="results.json")
