@@ -44,6 +44,7 @@ import os
 import pstats
 import statistics
 import time
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -112,42 +113,50 @@ def check_same_episodes(runner: MAMLEnvRunner, *, episodes: int, seed: int) -> N
 
 
 @torch.inference_mode()
-def old_sample_episodes(runner: MAMLEnvRunner, num_episodes: int, *, seed: int) -> EpisodeBatch:  # noqa: C901
+def old_sample_episodes(runner: MAMLEnvRunner, num_episodes: int, *, seed: int) -> EpisodeBatch:
     """FROZEN copy of ``MAMLEnvRunner.sample_episodes`` before the split into ``metarl.sampler`` (for speed
-    comparisons only; the module's forward is reached as ``runner.module.net``, which is what it called)."""
+    comparisons only; the module's forward is reached as ``runner.module.net``, which is what it called). Cut into
+    its three phases (set-up, the loop as it was, the scatter into episodes): no call was added inside the loop."""
+    o = _old_setup(runner, num_episodes, seed)
+    _old_loop(o)
+    return _old_scatter(o)
+
+
+def _old_setup(runner: MAMLEnvRunner, num_episodes: int, seed: int) -> SimpleNamespace:
+    o = SimpleNamespace()
     vec = runner.env.unwrapped
-    envs = vec.envs
-    n = len(envs)
+    o.envs = vec.envs
+    o.n = n = len(o.envs)
     env_seeds = [derive_seed(seed, 2, i) for i in range(n)]
-    quota = num_episodes // n
-    horizon = int(envs[0].spec.max_episode_steps)
-    module = runner.module.net
-    p0 = next(module.parameters())
-    dtype, device = p0.dtype, p0.device
+    o.quota = num_episodes // n
+    o.horizon = int(o.envs[0].spec.max_episode_steps)
+    o.module = runner.module.net
+    p0 = next(o.module.parameters())
+    o.dtype, o.device = p0.dtype, p0.device
     space = vec.single_action_space
-    discrete = isinstance(space, gym.spaces.Discrete)
-    low = high = None
-    if not discrete and (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
-        low, high = (torch.as_tensor(b, dtype=dtype) for b in (space.low, space.high))
+    o.discrete = isinstance(space, gym.spaces.Discrete)
+    o.low = o.high = None
+    if not o.discrete and (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        o.low, o.high = (torch.as_tensor(b, dtype=o.dtype) for b in (space.low, space.high))
+    o.gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, 1))
+    max_iters = o.quota * (o.horizon + 1)
+    o.obs_dim = vec.single_observation_space.shape[0]
+    o.act_shape = () if o.discrete else tuple(space.shape)
+    o.obs_log = np.zeros((max_iters + 1, n, o.obs_dim), vec.single_observation_space.dtype)
+    o.act_log, o.logp_log, o.noise_log, o.log_std_log = [], [], [], []
+    o.rew_log = np.zeros((max_iters, n), np.float64)
+    o.rec_k, o.rec_i, o.rec_ep, o.rec_t = [], [], [], []
+    for i, env in enumerate(o.envs):
+        o.obs_log[0, i], _ = env.reset(seed=int(env_seeds[i]))
+    return o
+
+
+def _old_loop(o: SimpleNamespace) -> None:  # noqa: C901 - the frozen loop, kept as it was
+    envs, n, quota, module, dtype, device = o.envs, o.n, o.quota, o.module, o.dtype, o.device
+    discrete, low, high, gen, obs_log, rew_log = o.discrete, o.low, o.high, o.gen, o.obs_log, o.rew_log
+    act_log, logp_log, noise_log, log_std_log = o.act_log, o.logp_log, o.noise_log, o.log_std_log
+    rec_k, rec_i, rec_ep, rec_t = o.rec_k, o.rec_i, o.rec_ep, o.rec_t
     on_cpu = device.type == "cpu"
-    gen = torch.Generator(device="cpu").manual_seed(derive_seed(seed, 1))
-
-    max_iters = quota * (horizon + 1)
-    obs_dim = vec.single_observation_space.shape[0]
-    act_shape = () if discrete else tuple(space.shape)
-    obs_log = np.zeros((max_iters + 1, n, obs_dim), vec.single_observation_space.dtype)
-    act_log: list[torch.Tensor] = []
-    logp_log: list[torch.Tensor] = []
-    noise_log: list[torch.Tensor] = []
-    log_std_log: list[torch.Tensor] = []
-    rew_log = np.zeros((max_iters, n), np.float64)
-    rec_k: list[int] = []
-    rec_i: list[int] = []
-    rec_ep: list[int] = []
-    rec_t: list[int] = []
-
-    for i, env in enumerate(envs):
-        obs_log[0, i], _ = env.reset(seed=int(env_seeds[i]))
     init_state = module.initial_state(n)
     state = init_state
     ep = [0] * n
@@ -206,21 +215,24 @@ def old_sample_episodes(runner: MAMLEnvRunner, num_episodes: int, *, seed: int) 
             }
         k += 1
 
-    fdt = np.float64 if dtype == torch.float64 else np.float32
+
+def _old_scatter(o: SimpleNamespace) -> EpisodeBatch:
+    n, quota, horizon, obs_dim, act_shape, discrete = o.n, o.quota, o.horizon, o.obs_dim, o.act_shape, o.discrete
+    fdt = np.float64 if o.dtype == torch.float64 else np.float32
     if discrete:
-        logp_all = torch.stack(logp_log)
+        logp_all = torch.stack(o.logp_log)
     else:
-        noise, log_std = torch.stack(noise_log), torch.stack(log_std_log)
+        noise, log_std = torch.stack(o.noise_log), torch.stack(o.log_std_log)
         logp_all = (-0.5 * noise * noise - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-    kk, ii, ee, tt = (np.asarray(x, np.int64) for x in (rec_k, rec_i, rec_ep, rec_t))
+    kk, ii, ee, tt = (np.asarray(x, np.int64) for x in (o.rec_k, o.rec_i, o.rec_ep, o.rec_t))
     obs_buf = np.zeros((n, quota, horizon, obs_dim), fdt)
     act_buf = np.zeros((n, quota, horizon, *act_shape), np.int64 if discrete else fdt)
     rew_buf = np.zeros((n, quota, horizon), fdt)
     logp_buf = np.zeros((n, quota, horizon), fdt)
     mask_buf = np.zeros((n, quota, horizon), fdt)
-    obs_buf[ii, ee, tt] = obs_log[kk, ii].astype(fdt)
-    act_buf[ii, ee, tt] = torch.stack(act_log).numpy()[kk, ii]
-    rew_buf[ii, ee, tt] = rew_log[kk, ii]
+    obs_buf[ii, ee, tt] = o.obs_log[kk, ii].astype(fdt)
+    act_buf[ii, ee, tt] = torch.stack(o.act_log).numpy()[kk, ii]
+    rew_buf[ii, ee, tt] = o.rew_log[kk, ii]
     logp_buf[ii, ee, tt] = logp_all.numpy()[kk, ii]
     mask_buf[ii, ee, tt] = 1.0
     return EpisodeBatch(

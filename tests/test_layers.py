@@ -126,3 +126,17 @@ def test_downward_and_same_layer_imports_pass(tmp_path, monkeypatch):
                     "from metarl import tasks\nfrom metarl.apps import records\n")
     monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
     assert violations([fake]) == []
+
+
+def test_no_module_of_the_metarl_package_imports_ray_or_the_upper_layers_at_import_time():
+    """Even the commands (metarl/apps) import RLlib, Ray and Tune inside functions: `metarl --help` and the core
+    stay light, and Ray workers that import metarl get no framework with it."""
+    bad = []
+    for path in sorted((REPO / "metarl").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module-level statements only
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                    if n.split(".")[0] in ("ray", "rllib_ext", "tune_configs")]
+    assert bad == []

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from metarl.apps.layout import AUTO, resolve, visible_cores
-from rllib_ext.fields import FIELDS, Field
 
 _TYPES = {int: int, float: float, str: str}
 #: count fields that also take "auto": a layout picked from the cores (metarl.apps.layout)
+if TYPE_CHECKING:
+    from rllib_ext.fields import Field
+
 AUTO_FIELDS = ("num_env_runners", "num_learners")
 
 
@@ -53,6 +56,8 @@ def _add_field(group, f: Field) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``benchmarks/run_mujoco.py`` and ``metarl train``: the run's, then one per config field."""
+    from rllib_ext.fields import FIELDS  # lazily: `metarl --help` imports no RLlib
+
     run = parser.add_argument_group("run")
     run.add_argument("--iterations", type=int, default=60, help="TOTAL meta-iterations, also under --resume (default: 60)")
     run.add_argument("--num-cpus", type=int, default=None,
@@ -93,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
     ``.training``, ``.env_runners``, ``.learners``, ``.debugging``). Each value is checked by its row of the table;
     the fields together (sizes, GPUs, options) are checked by ``MAMLConfig.validate_meta`` in ``prepare``."""
     from rllib_ext.config import MAMLConfig
-    from rllib_ext.fields import BUILDERS, check_field
+    from rllib_ext.fields import BUILDERS, FIELDS, check_field
 
     check_run_flags(args)
     resolve_layout(args)

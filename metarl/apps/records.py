@@ -22,7 +22,6 @@ import numpy as np
 
 from metarl.apps.provenance import json_safe
 from metarl.apps.run_folder import RESULTS
-from rllib_ext.checkpoint import write_text_atomic
 
 #: result sections copied into the records (the rest of RLlib's result dict is bookkeeping)
 SECTIONS = ("adapt", "meta", "inner", "env_steps", "time", "tasks")
@@ -57,6 +56,8 @@ def check_finite(record: dict, iteration: int) -> None:
 
 def write_outputs(run_dir: Path, results: dict) -> None:
     """results.json (atomically) and progress.csv from the records."""
+    from rllib_ext.checkpoint import write_text_atomic  # lazily: `metarl --help` imports no RLlib
+
     write_text_atomic(run_dir / RESULTS, json.dumps(json_safe(results), indent=1))
     records = results["records"]
     cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, list)})

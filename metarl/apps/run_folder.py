@@ -17,7 +17,6 @@ from pathlib import Path
 
 from metarl.apps.flags import config_from_args
 from metarl.apps.provenance import json_safe
-from rllib_ext.checkpoint import iteration_of, latest_checkpoint, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +245,8 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def _resume_plan(args: argparse.Namespace, config, output: Output) -> dict:
+    from rllib_ext.checkpoint import iteration_of, latest_checkpoint, load_config  # lazily: no RLlib at import
+
     results = _read_results(output.local / RESULTS)
     ckpt = latest_checkpoint(output.local)  # raises if `latest` names a broken folder or a file's checksum differs
     done = iteration_of(ckpt) if ckpt is not None else 0

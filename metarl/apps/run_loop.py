@@ -32,7 +32,13 @@ from metarl.apps.provenance import provenance
 from metarl.apps.ray_session import init_ray_for_run
 from metarl.apps.records import check_finite, flatten, plot_adaptation, progress_line, write_outputs
 from metarl.apps.run_folder import RESULTS, prepare
-from rllib_ext.checkpoint import clean_partial, save_checkpoint
+
+
+def save_checkpoint(algo, run_dir, iteration: int):
+    """``rllib_ext.checkpoint.save_checkpoint`` (imported here, lazily; tests replace this name to inject faults)."""
+    from rllib_ext.checkpoint import save_checkpoint as save
+
+    return save(algo, run_dir, iteration)
 
 
 def run(args: argparse.Namespace, *, echo: Callable[[str], None] = print) -> dict:
@@ -86,6 +92,8 @@ def _train(args, plan: dict, echo: Callable[[str], None]) -> dict:
         echo(f"{args.out}: {start} of {total} iterations already done; nothing to do")
         return {"out": args.out, "completed": start, "last": (results["records"] or [None])[-1], "checkpoint": None}
     run_dir.mkdir(parents=True, exist_ok=True)
+    from rllib_ext.checkpoint import clean_partial
+
     clean_partial(run_dir)
 
     started_ray = init_ray_for_run(args)
