@@ -30,3 +30,13 @@ def init_ray_with_tests_on_path() -> None:
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}},
     )
+
+
+def assert_same_run(got: list[dict], want: list[dict]) -> None:
+    """Two runs' records are the same run: iterations, tasks, env-step counters, returns and outer loss."""
+    assert [r["iteration"] for r in got] == [r["iteration"] for r in want]
+    for g, w in zip(got, want):
+        assert g["task_params"] == w["task_params"], f"iteration {g['iteration']}: different tasks"
+        assert g["env_steps/lifetime"] == w["env_steps/lifetime"]
+        for k in ("adapt/return_step_0", "adapt/return_step_1", "meta/outer_loss_last"):
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["iteration"], k)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import assert_same_run
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -316,15 +317,6 @@ TINY = ("--task navigation-2d --backbone gru --seed 3 --meta-batch-size 2 --epis
         "--num-envs-per-runner 2 --width 8 --outer-steps 1 --horizon 20 --checkpoint-every 1")
 
 
-def _same_records(got: list[dict], want: list[dict]) -> None:
-    assert [r["iteration"] for r in got] == [r["iteration"] for r in want]
-    for g, w in zip(got, want):
-        assert g["task_params"] == w["task_params"], f"iteration {g['iteration']}: different tasks"
-        assert g["env_steps/lifetime"] == w["env_steps/lifetime"]
-        for k in ("adapt/return_step_0", "adapt/return_step_1", "meta/outer_loss_last"):
-            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["iteration"], k)
-
-
 @pytest.mark.cluster
 @pytest.mark.timeout(420)
 def test_ray_job_submit_runs_maml_on_the_worker_node_and_resumes_exactly(ray_cluster, tmp_path):
@@ -350,7 +342,7 @@ def test_ray_job_submit_runs_maml_on_the_worker_node_and_resumes_exactly(ray_clu
     _submit(c, f"{train} --resume --out {part}")
     got = json.loads((part / "results.json").read_text())
     assert [(r["from_iteration"], r["dropped_records"]) for r in got["resumes"]] == [(2, [3])]
-    _same_records(got["records"], records)
+    assert_same_run(got["records"], records)
     assert (part / "checkpoints" / "latest").read_text().strip() == "checkpoint_000003"
 
     # where the runners ran: 2 jobs x 2 EnvRunners, every one on the worker node

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_same_run as same_run
 
 TINY = ["--task", "navigation-2d", "--backbone", "gru", "--width", "16", "--meta-batch-size", "2",
         "--episodes-per-task", "2", "--num-envs-per-runner", "2", "--outer-steps", "1", "--horizon", "10",
@@ -116,12 +117,9 @@ def run_to_end(out: Path, iterations: int, *extra: str, env: dict | None = None)
 
 
 def assert_same_run(got: list[dict], want: list[dict]) -> None:
-    assert [r["iteration"] for r in got] == [r["iteration"] for r in want]
-    for g, w in zip(got, want):
-        assert g["task_params"] == w["task_params"]
-        assert g["env_steps/lifetime"] == w["env_steps/lifetime"]
-        for k in ("adapt/return_step_0", "adapt/return_step_1", "meta/outer_loss_last"):
-            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["iteration"], k)
+    """``conftest.assert_same_run``, and the runners sampled with the Learner's weights at every iteration."""
+    same_run(got, want)
+    for g in got:
         assert g["meta/logp_mismatch"] < 1e-4, (g["iteration"], g["meta/logp_mismatch"])
 
 

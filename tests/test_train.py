@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import ray
+from conftest import assert_same_run
 
 from metarl.apps import flags, run_loop
 from metarl.apps import ray_session as ray_session_mod
@@ -54,15 +55,6 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
     run_loop.run(tiny_args(out, 3), echo=lambda s: None)
     return records(out)
-
-
-def assert_same_run(got: list[dict], want: list[dict]) -> None:
-    assert [r["iteration"] for r in got] == [r["iteration"] for r in want]
-    for g, w in zip(got, want):
-        assert g["task_params"] == w["task_params"], f"iteration {g['iteration']}: different tasks"
-        assert g["env_steps/lifetime"] == w["env_steps/lifetime"]
-        for k in ("adapt/return_step_0", "adapt/return_step_1", "meta/outer_loss_last"):
-            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["iteration"], k)
 
 
 @pytest.mark.timeout(240)
