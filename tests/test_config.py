@@ -265,6 +265,14 @@ def test_flags_set_every_builder_field():
     assert cfg.env_config == {"goal_tolerance": 0.5, "max_episode_steps": 10}
 
 
+def test_eval_every_evaluates_the_last_iteration_of_metarl_train():
+    parse = flags.add_arguments(argparse.ArgumentParser()).parse_args
+    assert flags.config_from_args(parse([*TINY, "--iterations", "7"])).budget_iterations is None
+    assert flags.config_from_args(parse([*TINY, "--iterations", "7", "--eval-every", "3"])).budget_iterations == 7
+    given = parse([*TINY, "--iterations", "7", "--eval-every", "3", "--budget-iterations", "5"])
+    assert flags.config_from_args(given).budget_iterations == 5
+
+
 def test_a_config_saved_before_horizon_was_a_field_loads():
     old = tiny().to_dict()
     old.pop("horizon")

@@ -102,6 +102,8 @@ def config_from_args(args: argparse.Namespace):
 
     check_run_flags(args)
     resolve_layout(args)
+    if args.eval_every and args.budget_iterations is None and hasattr(args, "iterations"):
+        args.budget_iterations = args.iterations  # so the run's last iteration gets its held-out evaluation
     for f in FIELDS:  # before RLlib's builders, which raise their own errors for some values
         check_field(f, getattr(args, f.dest))
     config = MAMLConfig()
