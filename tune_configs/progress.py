@@ -1,14 +1,19 @@
 """A concise progress table for Tune sweeps: one line per trial result instead of Tune's config dump.
 
-    trial                               iter   before    after     gain     steps    time
-    navigation-2d/gru/maml/s0              1   -35.21   -33.90    +1.31        80    2.1s
+    trial                               iter   before    after     gain     steps    time  held-out: before    after
+    navigation-2d/gru/maml/s0              1   -35.21   -33.90    +1.31        80    2.1s           -36.02   -31.17*
+
+"before"/"after" are the meta-batch's returns before and after the inner step(s) (training tasks); the held-out
+columns are the trial's last evaluation on the family's test tasks (``eval/return_step_0`` and
+``eval/return_post``), ``*`` on the iteration that ran it (between evaluations the last value is carried forward).
 """
 
 from __future__ import annotations
 
 from ray import tune
 
-HEADER = f"{'trial':<40} {'iter':>5} {'before':>9} {'after':>9} {'gain':>8} {'env steps':>10} {'time':>8}"
+HEADER = (f"{'trial':<40} {'iter':>5} {'before':>9} {'after':>9} {'gain':>8} {'env steps':>10} {'time':>8}"
+          f"  {'held-out: before':>16} {'after':>9}")
 
 
 def trial_parts(config: dict) -> tuple[str, str, str, str]:
@@ -44,7 +49,16 @@ def result_line(config: dict, result: dict) -> str:
     after = _get(result, "adapt/return_post")
     return (f"{trial_label(config):<40} {int(_get(result, 'training_iteration', 0)):>5d} {before:>9.2f} "
             f"{after:>9.2f} {after - before:>+8.2f} {int(_get(result, 'env_steps/lifetime', 0)):>10,d} "
-            f"{_get(result, 'time_total_s', 0.0):>7.1f}s")
+            f"{_get(result, 'time_total_s', 0.0):>7.1f}s{_heldout(result)}")
+
+
+def _heldout(result: dict) -> str:
+    """The held-out columns: blank before the first evaluation, ``*`` on an iteration that evaluated."""
+    pre, post = _get(result, "eval/return_step_0"), _get(result, "eval/return_post")
+    if pre != pre and post != post:  # NaN: no evaluation yet (or evaluation off)
+        return ""
+    fresh = "*" if _get(result, "eval/fresh", 0.0) else " "
+    return f"  {pre:>16.2f} {post:>9.2f}{fresh}"
 
 
 class ProgressPrinter(tune.Callback):
