@@ -18,8 +18,13 @@ Two modes that agree (float64, to rounding):
   first scanned from a zero state, all chunks at once (``h_a = λ h_{a-1} + u_a`` for a = 1..L-1 on (B, C, N)
   slices); the chunk-end states are then carried, ``s_c = λ^L s_{c-1} + h^{loc}_{c,L-1}`` (C steps on (B, N)),
   and added back as ``λ^{a+1} s_{c-1}``: sequential depth L + C instead of T, every step a whole-batch op.
-  Only non-negative powers appear (λ^k = exp(k·log λ), |λ^k| ≤ 1), so nothing overflows for any length.
+  Only non-negative powers appear (|λ^k| ≤ 1), so nothing overflows for any length.
   (A Toeplitz-matmul form of step 1, ``h_a = Σ_{j≤a} λ^{a-j} u_j``, was 1.4x slower on CPU.)
+  The scan is ONE autograd node (``lru_scan``) whose backward is the same scan run backwards in time with conj(λ)
+  (below), itself that node again: differentiable to any order (second-order MAML) at O(1) autograd nodes per
+  pass, and task-batched under ``torch.vmap`` (the batched meta-gradient) by a vmap rule that runs it on plain
+  tensors with a leading task axis. ``_scan_autograd`` is the same chunked scan through autograd op by op (what
+  the layer ran before; the tests' reference).
 
 A block (``LRUBlock``) is ``x + GLU(GELU(LRU(LayerNorm(x))))``. The backbone is an input projection, blocks, and an
 output projection. State: a tensor (B, num_blocks, 2N): real parts then imaginary parts of each block's h.
@@ -37,6 +42,116 @@ from metarl.models.base import Backbone, check_positive_int
 from metarl.models.registry import register
 
 R_MAX = 0.9999  # |λ| < R_MAX for every value of ν_log
+
+
+# --- the linear recurrence as one autograd node (the meta-gradient's path) ----------------------------------------
+# For hs_t = λ hs_{t-1} + u_t (t = 0..T-1, hs_{-1} = h0) and G_t the total gradient at hs_t (torch's convention for
+# complex tensors, ∂L/∂Re + i ∂L/∂Im), with g_t = dL/dhs_t the gradient arriving from outside:
+#     G_t = g_t + conj(λ) G_{t+1}   (the same scan, backwards in time, from G_T = 0)
+#     du_t = G_t,   dh0 = conj(λ) G_0,   dλ = Σ_{b,t} G_t conj(hs_{t-1})
+# ``reverse`` runs the scan from t = T-1 down to 0 (hs_T = h0): what the backward needs, and its backward is a
+# forward scan again.
+
+
+def _scan_forward(lam, u, h0, chunk: int, reverse: bool):
+    """hs (n, B, T, N) for n stacked recurrences, without autograd: lam (n, N), u (n, B, T, N), h0 (n, B, N), all
+    complex; the chunked scan of the module docstring, time on the leading axis so every step is contiguous."""
+    n, B, T, N = u.shape
+    L = min(chunk, T)
+    C = -(-T // L)
+    x = (u.flip(2) if reverse else u).movedim(2, 0)  # (T, n, B, N)
+    if C * L != T:
+        x = torch.cat([x, x.new_zeros(C * L - T, n, B, N)])  # zero inputs after the end change no earlier state
+    h = x.reshape(C, L, n, B, N).transpose(0, 1).clone(memory_format=torch.contiguous_format)  # (L, C, n, B, N)
+    lam_b = lam.unsqueeze(1)  # (n, 1, N)
+    for a in range(1, L):  # 1) every chunk from a zero state: h_a = λ h_{a-1} + u_a
+        h[a].addcmul_(h[a - 1], lam_b)
+    pw = torch.cumprod(lam_b.expand(L, n, 1, N), 0)  # (L, n, 1, N): λ^1 .. λ^L
+    starts = [h0]
+    for c in range(C - 1):  # 2) the state before each chunk: s_c = λ^L s_{c-1} + h_loc[c, L-1]
+        starts.append(torch.addcmul(h[L - 1, c], starts[-1], pw[L - 1]))
+    h.addcmul_(pw.unsqueeze(1), torch.stack(starts))  # 3) h_{c,a} = h_loc[c, a] + λ^{a+1} s_{c-1}
+    hs = h.transpose(0, 1).reshape(C * L, n, B, N)[:T].movedim(0, 2)  # (n, B, T, N)
+    return (hs.flip(2) if reverse else hs).contiguous()
+
+
+def _scan_backward(scan, lam, h0, hs, dhs, chunk: int, reverse: bool):
+    """(dλ, du, dh0) of ``scan`` (the Function itself, so that this is differentiable again); any leading axes."""
+    g = scan(lam.conj(), dhs, torch.zeros_like(h0), chunk, not reverse)  # G_t, shaped as hs
+    h0_t = h0.unsqueeze(-2)  # (..., B, 1, N)
+    if reverse:
+        h_prev, g_first = torch.cat([hs[..., 1:, :], h0_t], -2), g[..., -1, :]
+    else:
+        h_prev, g_first = torch.cat([h0_t, hs[..., :-1, :]], -2), g[..., 0, :]
+    dlam = (g * h_prev.conj()).sum((-3, -2))
+    return dlam, g, g_first * lam.conj().unsqueeze(-2)
+
+
+class _ScanBatched(torch.autograd.Function):
+    """``_scan_forward`` as one autograd node (inputs with a leading task axis)."""
+
+    @staticmethod
+    def forward(lam, u, h0, chunk, reverse):
+        return _scan_forward(lam, u, h0, chunk, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        lam, _, h0, ctx.chunk, ctx.reverse = inputs
+        ctx.save_for_backward(lam, h0, output)
+
+    @staticmethod
+    def backward(ctx, dhs):
+        return *_scan_backward(_ScanBatched.apply, *ctx.saved_tensors, dhs, ctx.chunk, ctx.reverse), None, None
+
+
+class _Scan(torch.autograd.Function):
+    """``_scan_forward`` of ONE recurrence (no task axis) as one autograd node; under torch.vmap, ``_ScanBatched``."""
+
+    @staticmethod
+    def forward(lam, u, h0, chunk, reverse):
+        return _scan_forward(lam[None], u[None], h0[None], chunk, reverse)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        lam, _, h0, ctx.chunk, ctx.reverse = inputs
+        ctx.save_for_backward(lam, h0, output)
+
+    @staticmethod
+    def backward(ctx, dhs):
+        return *_scan_backward(_Scan.apply, *ctx.saved_tensors, dhs, ctx.chunk, ctx.reverse), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, lam, u, h0, chunk, reverse):
+        args = [x.movedim(d, 0) if d is not None else x.expand(info.batch_size, *x.shape)
+                for x, d in zip((lam, u, h0), in_dims)]
+        return _ScanBatched.apply(*args, chunk, reverse), 0
+
+
+def lru_scan(lam: torch.Tensor, u: torch.Tensor, h0: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:
+    """hs_t = λ ⊙ hs_{t-1} + u_t from hs_{-1} = h0: lam (N,), u (B, T, N), h0 (B, N), complex -> hs (B, T, N);
+    one autograd node, differentiable to any order, batched under torch.vmap (see the comment above)."""
+    return _Scan.apply(lam, u, h0, chunk_size, False)
+
+
+def _scan_autograd(lam: torch.Tensor, u: torch.Tensor, h0: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:
+    """``lru_scan`` through autograd op by op (the layer's previous path; the tests' reference), same shapes."""
+    Bsz, T, n = u.shape
+    L = min(chunk_size, T)
+    C = -(-T // L)
+    if C * L != T:
+        u = torch.cat([u, u.new_zeros(Bsz, C * L - T, n)], dim=1)
+    u = u.view(Bsz, C, L, n)
+    pw = torch.cumprod(lam.expand(L, n), 0)  # (L, N): λ^1 .. λ^L
+    us = u.unbind(dim=2)  # not u[:, :, i]: each slice's backward would fill a full-size zero tensor
+    hs = [us[0]]
+    for u_i in us[1:]:
+        hs.append(torch.addcmul(u_i, hs[-1], pw[0]))
+    h_loc = torch.stack(hs, dim=2)  # (B, C, L, N)
+    starts = [h0]
+    for end in h_loc[:, :, L - 1].unbind(dim=1)[:-1]:
+        starts.append(torch.addcmul(end, starts[-1], pw[L - 1]))
+    s = torch.stack(starts, dim=1)[:, :, None]  # (B, C, 1, N)
+    return torch.addcmul(h_loc, s, pw).view(Bsz, C * L, n)[:, :T]
 
 
 class LRULayer(nn.Module):
@@ -75,12 +190,6 @@ class LRULayer(nn.Module):
         mod = torch.exp(log_mod)
         return mod * torch.cos(phase), mod * torch.sin(phase)
 
-    def _powers(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Re λ^k, Im λ^k), each (len(k), N), for integer powers k ≥ 0 (computed as exp(k log λ))."""
-        log_mod, phase = self.log_lambda()
-        mod = torch.exp(k[:, None] * log_mod)  # ≤ 1
-        return mod * torch.cos(k[:, None] * phase), mod * torch.sin(k[:, None] * phase)
-
     def _in_weight(self) -> torch.Tensor:
         gamma = torch.exp(self.gamma_log)[:, None]
         return torch.cat([self.B_re * gamma, self.B_im * gamma])  # (2N, H): x -> [Re γBx | Im γBx]
@@ -115,37 +224,22 @@ class LRULayer(nn.Module):
         return torch.addcmul(F.linear(h, w_out), self.D, x), h  # Re(C h) + D x
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parallel mode: x (B, T, H), h (B, 2N) -> y (B, T, H), h_T (B, 2N).
+        """Parallel mode: x (B, T, H), h (B, 2N) -> y (B, T, H), h_T (B, 2N) through ``lru_scan``."""
+        return self._parallel(x, h, lru_scan)
+
+    def _parallel(self, x: torch.Tensor, h: torch.Tensor, scan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parallel mode with ``scan`` (``lru_scan`` or its reference ``_scan_autograd``).
 
         Internally complex (``torch.complex`` views of real tensors; every parameter stays real): the input
         weight interleaves (Re, Im) rows so that ``view_as_complex`` is free.
         """
         Bsz, T, _ = x.shape
         n = self.state_dim
-        L = min(self.chunk_size, T)
-        C = -(-T // L)
         gamma = torch.exp(self.gamma_log)[:, None, None]
         w_in = (torch.stack([self.B_re, self.B_im], dim=1) * gamma).reshape(2 * n, -1)  # (2N, H): Re, Im pairs
-        u = F.linear(x, w_in)  # (B, T, 2N)
-        if C * L != T:
-            u = F.pad(u, (0, 0, 0, C * L - T))  # zero inputs after the end do not change earlier states
-        u = torch.view_as_complex(u.view(Bsz, C, L, n, 2))  # (B, C, L, N) complex: γ B x_t
-        k = torch.arange(L + 1, device=x.device, dtype=x.dtype)
-        pr, pi = self._powers(k)
-        pw = torch.complex(pr, pi)  # (L+1, N): λ^0 .. λ^L
-        # 1) every chunk from a zero state, all chunks at once: h_a = λ h_{a-1} + u_a
-        us = u.unbind(dim=2)  # not u[:, :, i]: each slice's backward would fill a full-size zero tensor
-        hs = [us[0]]
-        for u_i in us[1:]:
-            hs.append(torch.addcmul(u_i, hs[-1], pw[1]))
-        h_loc = torch.stack(hs, dim=2)  # (B, C, L, N)
-        # 2) carry the chunk-end states: s_c = λ^L s_{c-1} + h_loc[c, L-1], from s_{-1} = h
-        starts = [torch.complex(h[:, :n], h[:, n:])]
-        for end in h_loc[:, :, L - 1].unbind(dim=1)[:-1]:
-            starts.append(torch.addcmul(end, starts[-1], pw[L]))
-        s = torch.stack(starts, dim=1)[:, :, None]  # (B, C, 1, N): the state before each chunk
-        # 3) add the carried state back: h_{c,a} = h_loc[c, a] + λ^{a+1} s_{c-1}
-        hs = torch.addcmul(h_loc, s, pw[1:]).view(Bsz, C * L, n)[:, :T]  # (B, T, N)
+        u = torch.view_as_complex(F.linear(x, w_in).view(Bsz, T, n, 2))  # (B, T, N) complex: γ B x_t
+        hs = scan(torch.complex(*self.lambda_re_im()), u, torch.complex(h[:, :n], h[:, n:]),
+                  chunk_size=self.chunk_size)  # (B, T, N)
         w_out = torch.stack([self.C_re, -self.C_im], dim=2).reshape(-1, 2 * n)  # (H, 2N): Re(C h) on pairs
         y = torch.addcmul(F.linear(torch.view_as_real(hs).reshape(Bsz, T, 2 * n), w_out), self.D, x)
         return y, torch.cat([hs[:, -1].real, hs[:, -1].imag], dim=-1)
