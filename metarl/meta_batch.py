@@ -23,19 +23,32 @@ torch 2.13, ≈1e-4 relative on lru's embedding.) Backbones compute with plain t
 Tasks may differ in their number of episodes and steps: every batch is zero-padded to the largest (E, T) of its
 kind with ``mask`` = 0 on the padding, which changes neither the masked means nor (causal backbones) the real
 steps. tests/test_batched_meta_grad.py checks equality with the loop (float64, rtol 1e-9).
+
+Trial memory (``trial_meta_gradient_batched``, the twin of ``metarl.trial.trial_meta_gradient_loop``): the same
+composition, with the recurrent state carried from phase to phase as a vmapped output and input (a function of
+Θ, so the query loss reaches θ through it too). Each phase runs as sequences (``metarl.trial.compact_trial``:
+every env's real steps end to end, so no padded step sits between two real ones); the sequence is cut at every
+env's length, and an env whose steps have ended keeps its state through the later pieces. Every inner step yields
+a new tensor per parameter, so ∂L_k/∂Θ_k never reaches back into the carried state (the phase's starting state is
+held fixed, as the runner computes it). tests/test_trial_batched.py checks equality with the loop.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from metarl import models
+from metarl.policy_net import PolicyNet, State
 from metarl.rl import LogProbFn, PreparedTask, clipped_surrogate_loss, inner_objective
+from metarl.sampler import call_with_params
+from metarl.trial import compact_trial
 
-__all__ = ["meta_gradient_batched", "pad_stack", "task_gradients"]
+__all__ = ["meta_gradient_batched", "pad_stack", "task_gradients", "trial_meta_gradient_batched",
+           "trial_task_gradients"]
 
 #: what the meta-gradient reads of a support batch (``advantages``: Â, precomputed; it does not depend on θ)
 SUPPORT_KEYS = ("obs", "actions", "mask", "advantages")
@@ -145,4 +158,92 @@ def meta_gradient_batched(
             p.grad.add_(g)  # accumulate, as backward() does
     query = pad_stack([t.query for t in tasks], ("logp", "mask"))
     max_dlogp = float(((logp - query["logp"]).abs() * query["mask"]).max())
+    return float(losses.mean()), max_dlogp
+
+
+# --- trial memory: the state carried across the phases of each task ------------------------------------------------
+
+#: what the trial meta-gradient reads of a compacted phase (``metarl.trial.compact_trial``), besides ``lengths``
+TRIAL_KEYS = ("x", "actions", "mask", "advantages", "logp")
+
+
+def _stack_phase(phases: Sequence[Mapping[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """One compacted phase per task -> (n_tasks, n, L, ...) per key and ``lengths`` (n_tasks, n); and the cuts
+    of the sequence: every env's length and L, ascending."""
+    out = pad_stack(phases, TRIAL_KEYS)
+    out["lengths"] = torch.stack([p["lengths"] for p in phases])
+    return out, sorted(set(out["lengths"].flatten().tolist()) | {out["mask"].shape[2]})
+
+
+def _hold(new: State, old: State, advance: torch.Tensor) -> State:
+    """``new`` on the rows where ``advance`` (n,) is True, ``old`` elsewhere."""
+    return {k: torch.where(advance.view(-1, *([1] * (v.dim() - 1))), v, old[k]) for k, v in new.items()}
+
+
+def _phase_log_prob(net: PolicyNet, params: dict[str, torch.Tensor], phase: dict[str, torch.Tensor], state: State,
+                    cuts: Sequence[int]) -> tuple[torch.Tensor, State]:
+    """log π (n, L) of one task's compacted phase from ``state``, and each env's state after its last real step."""
+
+    def run(m: PolicyNet) -> tuple[torch.Tensor, State]:
+        ys, start, s = [], 0, state
+        for end in cuts if m.stateful else cuts[-1:]:
+            y, new = m(phase["x"][:, start:end], s)  # (n, end - start, out)
+            s = _hold(new, s, phase["lengths"] >= end)
+            ys.append(y)
+            start = end
+        return torch.cat(ys, 1), s
+
+    y, end_state = call_with_params(net, params, run)
+    return net.dist_log_prob(y, phase["actions"]), end_state
+
+
+def trial_task_gradients(net: PolicyNet, params: Mapping[str, torch.Tensor], tasks: Sequence[PreparedTask], *,
+                         num_envs: int, inner_lr: float, clip: float, first_order: bool = False,
+                         objective: str = "vpg") -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """Σ_i g_i of trial memory (see the module docstring) without touching ``.grad``: (grads by name, outer losses
+    (n_tasks,), max |log π_θK(a|s) - recorded logp| over the real query steps)."""
+    num_inner = _check_tasks(tasks)
+    compact = [compact_trial(net, t, num_envs) for t in tasks]
+    phases = [_stack_phase([c[k] for c in compact]) for k in range(num_inner + 1)]
+    names = list(params)
+    theta = [params[k].detach().requires_grad_() for k in names]
+    fast = [t.expand(len(tasks), *t.shape) for t in theta]  # Θ: one view of θ per task
+    state = {k: v.expand(len(tasks), *v.shape) for k, v in net.initial_state(num_envs).items()}
+    loss_fn = inner_objective(objective)
+
+    def inner_loss(p: list, b: dict, s: State, cuts: list) -> tuple[torch.Tensor, State]:
+        logp, s = _phase_log_prob(net, dict(zip(names, p)), b, s, cuts)
+        return loss_fn(logp, b["advantages"], b["mask"]), s
+
+    def outer_loss(p: list, q: dict, s: State, cuts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        logp, _ = _phase_log_prob(net, dict(zip(names, p)), q, s, cuts)  # (n, L)
+        return clipped_surrogate_loss(logp, q["logp"], q["advantages"], q["mask"], clip=clip), logp
+
+    with models.plain_ops():
+        for batch, cuts in phases[:-1]:  # Θ_{k+1} = Θ_k - α ∂/∂Θ_k Σ_i L_inner(Θ_{k,i}; state_{k,i})
+            losses, state = torch.vmap(functools.partial(inner_loss, cuts=cuts))(fast, batch, state)
+            grads = torch.autograd.grad(losses.sum(), fast, create_graph=not first_order, retain_graph=True,
+                                        allow_unused=True)
+            fast = [p - inner_lr * (torch.zeros_like(p) if g is None else g) for p, g in zip(fast, grads)]
+        query, cuts = phases[-1]
+        losses, logp = torch.vmap(functools.partial(outer_loss, cuts=cuts))(fast, query, state)
+    grads = torch.autograd.grad(losses.sum(), theta, allow_unused=True)
+    out = {k: torch.zeros_like(t) if g is None else g for k, t, g in zip(names, theta, grads)}
+    max_dlogp = float(((logp.detach() - query["logp"]).abs() * query["mask"]).max())
+    return out, losses.detach(), max_dlogp
+
+
+def trial_meta_gradient_batched(net: PolicyNet, params: dict[str, torch.Tensor], tasks: Sequence[PreparedTask], *,
+                                num_envs: int, num_tasks_total: int, inner_lr: float, clip: float,
+                                first_order: bool = False, objective: str = "vpg") -> tuple[float, float]:
+    """``metarl.trial.trial_meta_gradient_loop``'s contract, all tasks at once: accumulate Σ_i g_i / num_tasks_total
+    into ``.grad`` of ``params``; returns (mean outer loss over ``tasks``, max |Δlogp| on real query steps)."""
+    grads, losses, max_dlogp = trial_task_gradients(net, params, tasks, num_envs=num_envs, inner_lr=inner_lr,
+                                                    clip=clip, first_order=first_order, objective=objective)
+    for name, p in params.items():
+        g = grads[name] / num_tasks_total
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)  # accumulate, as backward() does
     return float(losses.mean()), max_dlogp

@@ -153,6 +153,40 @@ def trial_meta_gradient_loop(net: PolicyNet, params: Params, tasks: Sequence[Pre
     return total / max(len(tasks), 1), max_dlogp
 
 
+def compact_trial(net: PolicyNet, task: PreparedTask, n: int) -> list[dict[str, torch.Tensor]]:
+    """Every phase of one task (support phases, then the query) with each env's real steps end to end, for the
+    batched meta-gradient (``metarl.meta_batch.trial_meta_gradient_batched``), which runs each phase as sequences.
+
+    Per phase, (n, L, ...) with L = the most real steps of an env in the phase and env i's steps in rows ``[i, :l_i]``
+    (``lengths`` (n,) = l_i; the rest zero-padded with ``mask`` = 0): ``x`` the backbone's input (``trial_input``
+    when ``net.trial_inputs``, with the previous action and reward of the env's previous real step, across
+    phases, zeros at the trial's start), ``actions``, ``mask``, ``advantages`` and ``logp``. None of it depends on θ.
+    """
+    phases = [*task.support, task.query]
+    dtype, device = phases[0]["obs"].dtype, phases[0]["obs"].device
+    prev_a = torch.zeros(n, net.action_feature_dim, dtype=dtype, device=device)
+    prev_r = torch.zeros(n, dtype=dtype, device=device)
+    rows = torch.arange(n, device=device).unsqueeze(1)
+    out = []
+    for phase in phases:
+        horizon = phase["mask"].shape[1]
+        real = layout(phase["mask"], n) > 0  # (n, Q*T)
+        lengths = real.sum(1)  # (n,)
+        order = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, : int(lengths.max())]  # (n, L)
+        c = {k: layout(phase[k], n)[rows, order] for k in ("obs", "actions", "rewards", "mask", "advantages", "logp")}
+        x = c.pop("obs")
+        if net.trial_inputs:
+            feats = net.action_features(c["actions"], dtype)  # (n, L, A)
+            first = order % horizon == 0  # an episode's first step (every episode has one real step at least)
+            x = net.trial_input(x, torch.cat([prev_a.unsqueeze(1), feats[:, :-1]], 1),
+                                torch.cat([prev_r.unsqueeze(1), c["rewards"][:, :-1]], 1), first)
+            last = lengths.unsqueeze(1) - 1
+            prev_a, prev_r = feats[rows, last].squeeze(1), c["rewards"][rows, last].squeeze(1)
+        del c["rewards"]
+        out.append({**c, "x": x, "lengths": lengths})
+    return out
+
+
 def prepare_trial_task(support: Sequence[EpisodeBatch], query: EpisodeBatch, n: int, *, dtype: torch.dtype, device,
                        gamma: float, normalize_advantages: bool = True, trial_returns: bool = True) -> PreparedTask:
     """``metarl.rl.prepare_task`` for trial memory: tensors and ``phase_advantages`` of every phase."""
