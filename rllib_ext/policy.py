@@ -12,6 +12,16 @@ The whole deployment workflow::
 ``inner_lr`` and ``gamma``), so θ' here is the θ' the policy was meta-trained to use; ``sample_episodes`` is the
 EnvRunner's sampler (``metarl.sampler``) on one env. Ray (RLlib's ``RLModule``
 classes) is imported inside ``load_policy`` only.
+
+A policy trained with trial memory (``memory="trial"``) adapts in context too: the recurrent state (and RL²'s
+previous action and reward) runs on across the episodes of a phase and across phases, as on the runner::
+
+    batches, carry = policy.sample_trial(envs, 20, inner_steps=1, seed=0)  # a runner's task job, θ_1 kept
+    # or by hand on one env: one TrialCarry (metarl.sampler) for the whole trial
+    carry = TrialCarry()                                              # a new trial
+    support = policy.sample_episodes(env, 10, seed=0, carry=carry)   # the state runs on in ``carry``
+    policy.adapt(support)                 # phase 0 starts the trial; a later phase: carry=<its starting carry>
+    query = policy.sample_episodes(env, 10, seed=1, carry=carry)     # θ_1, from the state the support phase left
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import torch
 from metarl import sampler
 from metarl.policy_net import PolicyNet, functional_log_prob
 from metarl.rl import EpisodeBatch, adapt_policy
+from metarl.sampler import TrialCarry, derive_seed
+from metarl.trial import adapt_trial, copied, phase_advantages
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +53,18 @@ class MetaPolicy:
     """
 
     def __init__(self, module, *, inner_lr: float, gamma: float, normalize_advantages: bool = True,
-                 seed: int = 0, config=None):
+                 seed: int = 0, config=None, memory: str = "episode", trial_returns: bool | None = None,
+                 inner_objective: str = "vpg"):
+        if memory not in ("episode", "trial"):
+            raise ValueError(f"MetaPolicy: memory = {memory!r}; allowed: 'episode' or 'trial'")
         self.module = module
         self.net: PolicyNet = module.net
         self.inner_lr = float(inner_lr)
         self.gamma = float(gamma)
         self.normalize_advantages = bool(normalize_advantages)
+        self.memory = memory  # "trial": adapt/sample_trial carry the state across episodes and phases
+        self.trial_returns = memory == "trial" if trial_returns is None else bool(trial_returns)
+        self.inner_objective = inner_objective
         self.config = config
         self._adapted: dict[str, torch.Tensor] | None = None  # θ' after adapt(); None: θ
         self._gen = torch.Generator().manual_seed(int(seed))
@@ -107,27 +125,39 @@ class MetaPolicy:
         return self.net.trial_input(o, prev_a, prev_r, first), state
 
     def adapt(self, episodes: EpisodeBatch | Sequence[EpisodeBatch], *, lr: float | None = None,
-              steps: int = 1) -> list[float]:
+              steps: int | None = None, carry: TrialCarry | None = None, num_envs: int | None = None) -> list[float]:
         """θ_{k+1} = θ_k - α ∇ L_inner(θ_k; support_k), kept by the policy; returns the inner losses.
 
-        ``episodes``: one batch, used at every one of the ``steps`` steps, or a list with one batch per step
-        (``steps`` must then equal its length). ``lr`` defaults to the checkpoint's ``inner_lr``.
+        ``episodes``: one batch, used at every one of the ``steps`` steps (default 1), or a list with one batch per
+        step (``steps``, if given, must equal its length). ``lr`` defaults to the checkpoint's ``inner_lr``.
+
+        Trial memory (``memory="trial"``): the batches are consecutive phases of ONE trial (one batch per step),
+        replayed from ``carry``, the trial's carry at the first phase's start (None: a new trial), each phase's
+        episodes ``num_envs`` sub-envs' trials (default: the carry's rows, else 1), with returns across the
+        phase's episodes: ``metarl.trial.adapt_trial``, first order, as the runner adapts.
         """
-        seq = [episodes] * steps if isinstance(episodes, EpisodeBatch) else list(episodes)
-        if not isinstance(steps, int) or steps < 1:
+        seq = [episodes] * (1 if steps is None else steps) if isinstance(episodes, EpisodeBatch) else list(episodes)
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"adapt(): steps = {steps!r} must be an integer >= 1")
-        if len(seq) != steps:
+        if steps is not None and len(seq) != steps:
             raise ValueError(f"adapt(): {len(seq)} episode batches given but steps = {steps}: pass one batch per step")
-        p = next(self.net.parameters())
-        new, losses = adapt_policy(
-            lambda prm, o, a: functional_log_prob(self.net, prm, o, a)[0],
-            {n: v.detach().requires_grad_() for n, v in self.params.items()},
-            [b.tensors(p.dtype, p.device) for b in seq],
-            lr=self.inner_lr if lr is None else float(lr),
-            gamma=self.gamma,
-            first_order=True,
-            normalize_advantages=self.normalize_advantages,
-        )
+        if self.memory == "trial" and isinstance(episodes, EpisodeBatch) and len(seq) > 1:
+            raise ValueError(f"adapt(): steps = {steps} with one batch: with trial memory pass one batch per phase")
+        steps = len(seq)
+        lr = self.inner_lr if lr is None else float(lr)
+        if self.memory == "trial":
+            new, losses = self._adapt_trial(seq, lr=lr, carry=carry, num_envs=num_envs)
+        else:
+            p = next(self.net.parameters())
+            new, losses = adapt_policy(
+                lambda prm, o, a: functional_log_prob(self.net, prm, o, a)[0],
+                {n: v.detach().requires_grad_() for n, v in self.params.items()},
+                [b.tensors(p.dtype, p.device) for b in seq],
+                lr=lr,
+                gamma=self.gamma,
+                first_order=True,
+                normalize_advantages=self.normalize_advantages,
+            )
         self._adapted = {n: v.detach() for n, v in new.items()}
         for name, v in self._adapted.items():
             if not bool(torch.isfinite(v).all()):
@@ -138,16 +168,68 @@ class MetaPolicy:
                 )
         return losses
 
-    def sample_episodes(self, env: gym.Env, n: int, *, seed: int | None = None, explore: bool = True) -> EpisodeBatch:
+    def _adapt_trial(self, seq: Sequence[EpisodeBatch], *, lr: float, carry: TrialCarry | None,
+                     num_envs: int | None) -> tuple[dict[str, torch.Tensor], list[float]]:
+        """Trial memory's inner steps over consecutive phases (``metarl.trial.adapt_trial``, first order)."""
+        n = num_envs or _carry_rows(carry) or 1
+        p = next(self.net.parameters())
+        phases = []
+        for b in seq:
+            t = b.tensors(p.dtype, p.device)
+            t["advantages"] = phase_advantages(t, n, gamma=self.gamma, normalize=self.normalize_advantages,
+                                               trial_returns=self.trial_returns)
+            phases.append(t)
+        with torch.enable_grad():
+            new, _, losses = adapt_trial(self.net, {k: v.detach().requires_grad_() for k, v in self.params.items()},
+                                         phases, n, lr=lr, first_order=True, objective=self.inner_objective,
+                                         carry=None if carry is None else copied(carry))
+        return new, losses
+
+    def sample_episodes(self, env: gym.Env, n: int, *, seed: int | None = None, explore: bool = True,
+                        carry: TrialCarry | None = None) -> EpisodeBatch:
         """``n`` whole episodes of ``env`` (its current task) with the current parameters, padded to the horizon.
 
         The runners' sampler (``metarl.sampler.sample_episodes``) on this one env: ``seed`` seeds the env's first
         reset and the action noise (None: the noise from the policy's generator, the reset unseeded); Box actions
-        are clipped for the env, the raw sample is recorded with its log-prob.
+        are clipped for the env, the raw sample is recorded with its log-prob. ``carry``: trial memory, the state
+        (and RL² inputs) starts from it and runs on across the episodes; it holds the trial's end afterwards.
         """
         noise_seed = int(torch.randint(2**31 - 1, (1,), generator=self._gen)) if seed is None else int(seed)
         return sampler.sample_episodes([env], self.net, self._adapted, num_episodes=n, seed=noise_seed,
-                                       env_seeds=[seed], explore=explore)
+                                       env_seeds=[seed], explore=explore, carry=carry)
+
+    def sample_trial(self, envs: gym.Env | Sequence[gym.Env], num_episodes: int, *, inner_steps: int, seed: int,
+                     lr: float | None = None, explore: bool = True) -> tuple[list[EpisodeBatch], TrialCarry | None]:
+        """One task job as a runner runs it, from θ: phase k (k = 0..``inner_steps``) = ``num_episodes`` episodes
+        over ``envs`` (env i runs num_episodes / len(envs) of them) with θ_k, seeded ``derive_seed(seed, k)``, then
+        θ_{k+1} from phase k (``adapt``). Trial memory: one ``TrialCarry`` runs through every phase
+        (``metarl.trial.sample_trial``); episode memory: every episode starts from the initial state (the runner's
+        ``run_task``). Returns (the K+1 batches, the carry at the trial's end or None); the policy keeps θ_K."""
+        envs = [envs] if isinstance(envs, gym.Env) else list(envs)
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
+            raise ValueError(f"sample_trial(): inner_steps = {inner_steps!r} must be an integer >= 0")
+        self.reset()
+        carry = TrialCarry() if self.memory == "trial" else None
+        batches = []
+        for k in range(inner_steps + 1):
+            start = None if carry is None else copied(carry)
+            batch = sampler.sample_episodes(envs, self.net, self._adapted, num_episodes=num_episodes,
+                                            seed=derive_seed(seed, k), weights_id=f"policy/{k}", explore=explore,
+                                            carry=carry)
+            batches.append(batch)
+            if k < inner_steps:
+                self.adapt(batch, lr=lr, carry=start, num_envs=len(envs))
+        return batches, carry
+
+
+def _carry_rows(carry: TrialCarry | None) -> int | None:
+    """The number of sub-envs a carry holds (None: a fresh carry)."""
+    if carry is None:
+        return None
+    for v in (*(carry.state or {}).values(), carry.prev_reward):
+        if v is not None:
+            return int(v.shape[0])
+    return None
 
 
 def load_policy(path, *, seed: int = 0) -> MetaPolicy:
@@ -169,4 +251,6 @@ def load_policy(path, *, seed: int = 0) -> MetaPolicy:
     module.eval()
     logger.info("loaded %s (%s, width %s) from %s", config.backbone, config.task, config.width, ckpt)
     return MetaPolicy(module, inner_lr=config.inner_lr, gamma=config.gamma,
-                      normalize_advantages=config.normalize_advantages, seed=seed, config=config)
+                      normalize_advantages=config.normalize_advantages, seed=seed, config=config,
+                      memory=config.memory, trial_returns=config.uses_trial_returns,
+                      inner_objective=config.inner_objective)
