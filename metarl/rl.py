@@ -279,3 +279,78 @@ def meta_gradient_loop(
         dlogp = ((logp.detach() - task.query["logp"]).abs() * task.query["mask"]).max()
         max_dlogp = max(max_dlogp, float(dlogp))
     return total / max(len(tasks), 1), max_dlogp
+
+
+# --- ProMP's KL term on the outer step -----------------------------------------------------------------------------
+
+#: dist_fn(params, obs (E,T,D)) -> the action-distribution inputs (E, T, ·): [μ, log σ] (Gaussian) or logits
+DistFn = Callable[[dict, torch.Tensor], torch.Tensor]
+
+
+def diag_gaussian_kl(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ_o, σ_o) ‖ N(μ_n, σ_n)) summed over action dims; inputs [μ, log σ] along the last dim. (..., 2A) -> (...)
+
+        KL = Σ_j [ log σ_n,j - log σ_o,j + (σ_o,j² + (μ_o,j - μ_n,j)²) / (2 σ_n,j²) - 1/2 ]
+    """
+    mu_o, log_std_o = old.chunk(2, dim=-1)
+    mu_n, log_std_n = new.chunk(2, dim=-1)
+    var_ratio = torch.exp(2.0 * (log_std_o - log_std_n))  # σ_o² / σ_n²
+    mahalanobis = (mu_o - mu_n) ** 2 * torch.exp(-2.0 * log_std_n)
+    return (log_std_n - log_std_o + 0.5 * (var_ratio + mahalanobis) - 0.5).sum(-1)
+
+
+def categorical_kl(old_logits: torch.Tensor, new_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_o ‖ p_n) = Σ_a p_o(a) (log p_o(a) - log p_n(a)) of two softmax distributions. (..., n) -> (...)"""
+    log_p_o = torch.log_softmax(old_logits, dim=-1)
+    return (log_p_o.exp() * (log_p_o - torch.log_softmax(new_logits, dim=-1))).sum(-1)
+
+
+def policy_kl(old: torch.Tensor, new: torch.Tensor, *, discrete: bool) -> torch.Tensor:
+    """Per-step KL(π_old ‖ π_new) from the two policies' distribution inputs (``categorical_kl`` or
+    ``diag_gaussian_kl``)."""
+    return categorical_kl(old, new) if discrete else diag_gaussian_kl(old, new)
+
+
+def query_kls(
+    log_prob_fn: LogProbFn,
+    dist_fn: DistFn,
+    params: dict[str, torch.Tensor],
+    tasks: Sequence[PreparedTask],
+    dists_old: Sequence[torch.Tensor],
+    *,
+    inner_lr: float,
+    discrete: bool,
+    first_order: bool = False,
+    objective: str = "vpg",
+) -> torch.Tensor:
+    """ProMP's KL term of the outer objective, per task: KL̄_i(θ) = mean_t KL(π_θ'_old(·|s_t) ‖ π_θ'_i(θ)(·|s_t))
+    over the real steps of task i's query episodes. (n,)
+
+    θ'_i(θ) = ``adapt_policy`` on the task's support episodes (differentiable to second order unless
+    ``first_order``), as in ``meta_gradient_loop``; ``dists_old[i]`` are the distribution inputs of the
+    post-update policy before the meta-update's first outer step (``query_dists``, constants). ``log_prob_fn``
+    adapts (the tasks carry their advantages: ``prepare_task``), ``dist_fn`` gives the adapted policy's
+    distribution inputs on the query observations.
+    """
+    kls = []
+    for task, old in zip(tasks, dists_old, strict=True):
+        adapted, _ = adapt_policy(log_prob_fn, params, task.support, lr=inner_lr, gamma=1.0, first_order=first_order,
+                                  objective=objective)
+        kl = policy_kl(old, dist_fn(adapted, task.query["obs"]), discrete=discrete)
+        kls.append(masked_mean(kl, task.query["mask"]))
+    return torch.stack(kls)
+
+
+def query_dists(
+    log_prob_fn: LogProbFn, dist_fn: DistFn, params: dict[str, torch.Tensor], tasks: Sequence[PreparedTask], *,
+    inner_lr: float, objective: str = "vpg",
+) -> list[torch.Tensor]:
+    """The post-update policy's distribution inputs on each task's query observations at ``params`` (constants:
+    π_θ'_old of ``query_kls``)."""
+    out = []
+    for task in tasks:
+        adapted, _ = adapt_policy(log_prob_fn, params, task.support, lr=inner_lr, gamma=1.0, first_order=True,
+                                  objective=objective)
+        with torch.no_grad():
+            out.append(dist_fn({k: v.detach() for k, v in adapted.items()}, task.query["obs"]))
+    return out

@@ -134,6 +134,10 @@ class MAMLConfig(AlgorithmConfig):
                 f"MAMLConfig.eval_episodes = {self.eval_episodes} (flag --eval-episodes) must be a multiple of "
                 f"num_envs_per_env_runner = {self.num_envs_per_env_runner} (or None: episodes_per_task)"
             )
+        if self.memory == "trial" and (self.outer_kl_coeff or self.outer_target_kl is not None):
+            raise ValueError(f"MAMLConfig.outer_kl_coeff = {self.outer_kl_coeff}, outer_target_kl = "
+                             f"{self.outer_target_kl} need memory='episode' (got memory='trial'); allowed with trial "
+                             "memory: outer_kl_coeff = 0 and outer_target_kl = None")
         for name in ("trial_inputs", "trial_returns"):
             if getattr(self, name) and self.memory != "trial":
                 raise ValueError(f"MAMLConfig.{name} = True needs memory='trial' (got memory={self.memory!r}); "

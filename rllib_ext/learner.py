@@ -24,7 +24,7 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from metarl import trial
 from metarl.meta_batch import meta_gradient_batched
 from metarl.policy_net import functional_log_prob
-from metarl.rl import PreparedTask, meta_gradient_loop, prepare_task
+from metarl.rl import PreparedTask, meta_gradient_loop, prepare_task, query_dists, query_kls
 from rllib_ext.jobs import TaskResult
 
 logger = logging.getLogger(__name__)
@@ -104,14 +104,30 @@ class MAMLLearner(TorchLearner):
         )
 
     def meta_update(self, task_results: Sequence[TaskResult], *, num_tasks_total: int) -> dict:
-        """``outer_steps`` Adam steps on the meta-objective of this Learner's shard of tasks."""
+        """``outer_steps`` Adam steps on the meta-objective of this Learner's shard of tasks.
+
+        With ``outer_kl_coeff`` > 0 the objective adds ProMP's coeff · KL(π_θ'_old ‖ π_θ') of the query policy;
+        with ``outer_target_kl`` the remaining steps are skipped once that KL (mean over all tasks) exceeds it
+        (the step that crossed it is kept). Logs ``outer_kl`` (after the last step taken) and ``outer_steps_run``.
+        """
         cfg = self.config
         tasks = self.prepare(task_results)  # episode tensors and advantages do not change across outer steps
         optim = self.get_optimizer(DEFAULT_MODULE_ID)
         params = list(self.policy.parameters())
         metrics = {}
-        for step in range(cfg.outer_steps):
+        kl_on = cfg.outer_kl_coeff > 0 or cfg.outer_target_kl is not None
+        dists_old = self._query_dists(tasks) if kl_on else None
+        for step in range(cfg.outer_steps + int(kl_on)):  # with the KL: one more pass measures it after the last step
+            kl_grads = None
+            if kl_on and step > 0:  # at step 0 θ' = θ'_old: KL and its gradient are 0
+                metrics["outer_kl"], kl_grads = self._outer_kl(
+                    tasks, dists_old, num_tasks_total=num_tasks_total, with_grad=step < cfg.outer_steps)
+                if step == cfg.outer_steps or (cfg.outer_target_kl is not None
+                                               and metrics["outer_kl"] > cfg.outer_target_kl):
+                    break  # .grad keeps the last step's gradient
             optim.zero_grad(set_to_none=False)
+            for p, g in zip(params, kl_grads or ()):
+                p.grad = g.clone() if p.grad is None else p.grad.add_(g)
             loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total)
             if dist.is_available() and dist.is_initialized():
                 loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
@@ -122,10 +138,40 @@ class MAMLLearner(TorchLearner):
                     "parameters left unchanged"
                 )
             optim.step()
+            metrics["outer_steps_run"] = step + 1
             if step == 0:
-                metrics = {"outer_loss": loss, "grad_norm": float(norm), "logp_mismatch": max_dlogp}
-        metrics["outer_loss_last"] = loss
+                metrics.update(outer_loss=loss, grad_norm=float(norm), logp_mismatch=max_dlogp)
+            metrics["outer_loss_last"] = loss
         return metrics
+
+    def _query_dists(self, tasks: Sequence[PreparedTask]) -> list[torch.Tensor]:
+        """π_θ'_old: the post-update policy's distribution inputs on each task's query, before the first step."""
+        net, cfg = self.policy.net, self.config
+        return query_dists(lambda p, o, a: functional_log_prob(net, p, o, a)[0], self._dist_fn,
+                           dict(net.named_parameters()), tasks, inner_lr=cfg.inner_lr, objective=cfg.inner_objective)
+
+    def _dist_fn(self, params: dict, obs: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.policy.net, params, (obs, None), strict=False)[0]
+
+    def _outer_kl(self, tasks: Sequence[PreparedTask], dists_old, *, num_tasks_total: int,
+                  with_grad: bool) -> tuple[float, list[torch.Tensor] | None]:
+        """(mean over ALL tasks of KL(π_θ'_old ‖ π_θ'(θ)) on the query, all-reduced so that every Learner stops at the
+        same step; with ``with_grad`` and outer_kl_coeff > 0: outer_kl_coeff · ∇θ Σ_tasks KL / num_tasks_total)."""
+        net, cfg = self.policy.net, self.config
+        grad = with_grad and cfg.outer_kl_coeff > 0
+        kls = query_kls(lambda p, o, a: functional_log_prob(net, p, o, a)[0], self._dist_fn,
+                        dict(net.named_parameters()), tasks, dists_old, inner_lr=cfg.inner_lr,
+                        discrete=net.discrete, first_order=cfg.first_order or not grad,
+                        objective=cfg.inner_objective)
+        grads = None
+        if grad:
+            grads = torch.autograd.grad(cfg.outer_kl_coeff * kls.sum() / num_tasks_total,
+                                        list(self.policy.parameters()), allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.policy.parameters(), grads)]
+        kl_sum = torch.tensor([float(kls.detach().sum())], dtype=torch.float64, device=kls.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(kl_sum)
+        return float(kl_sum) / num_tasks_total, grads
 
     @staticmethod
     def _all_reduce(params: list[torch.Tensor], loss_sum: float) -> float:
