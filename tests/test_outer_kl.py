@@ -63,7 +63,7 @@ def setup(float64):
         mask = torch.ones(E, T)
         mask[1, 3:] = 0.0  # a shorter episode
 
-        def batch():
+        def batch(mask=mask):
             return {"obs": torch.randn(E, T, D, generator=g), "actions": torch.randn(E, T, A, generator=g),
                     "mask": mask, "advantages": torch.randn(E, T, generator=g) * mask,
                     "logp": torch.randn(E, T, generator=g)}
