@@ -55,24 +55,30 @@ R_MAX = 0.9999  # |λ| < R_MAX for every value of ν_log
 
 def _scan_forward(lam, u, h0, chunk: int, reverse: bool):
     """hs (n, B, T, N) for n stacked recurrences, without autograd: lam (n, N), u (n, B, T, N), h0 (n, B, N), all
-    complex; the chunked scan of the module docstring, time on the leading axis so every step is contiguous."""
+    complex; the chunked scan of the module docstring in place on one zero-padded copy of u (zero inputs beyond
+    the end change no state before it). ``reverse``: padded at the front, every loop run the other way."""
     n, B, T, N = u.shape
     L = min(chunk, T)
     C = -(-T // L)
-    x = (u.flip(2) if reverse else u).movedim(2, 0)  # (T, n, B, N)
-    if C * L != T:
-        x = torch.cat([x, x.new_zeros(C * L - T, n, B, N)])  # zero inputs after the end change no earlier state
-    h = x.reshape(C, L, n, B, N).transpose(0, 1).clone(memory_format=torch.contiguous_format)  # (L, C, n, B, N)
-    lam_b = lam.unsqueeze(1)  # (n, 1, N)
-    for a in range(1, L):  # 1) every chunk from a zero state: h_a = λ h_{a-1} + u_a
-        h[a].addcmul_(h[a - 1], lam_b)
-    pw = torch.cumprod(lam_b.expand(L, n, 1, N), 0)  # (L, n, 1, N): λ^1 .. λ^L
+    pad = C * L - T
+    buf = u.new_zeros(n, B, C * L, N)
+    hs = buf[:, :, pad:] if reverse else buf[:, :, :T]
+    hs.copy_(u)
+    h = buf.view(n, B, C, L, N)
+    lam_b = lam[:, None, None]  # (n, 1, 1, N)
+    step = -1 if reverse else 1
+    for a in range(L - 2, -1, -1) if reverse else range(1, L):  # 1) every chunk from a zero state
+        h[:, :, :, a].addcmul_(h[:, :, :, a - step], lam_b)
+    pw = torch.cumprod(lam_b.expand(n, 1, L, N), 2)  # (n, 1, L, N): λ^1 .. λ^L
+    if reverse:
+        pw = pw.flip(2)  # position a is L - a steps from the chunk's far end
+    ends = h[:, :, :, 0 if reverse else L - 1]  # (n, B, C, N): each chunk's last state from zero
     starts = [h0]
-    for c in range(C - 1):  # 2) the state before each chunk: s_c = λ^L s_{c-1} + h_loc[c, L-1]
-        starts.append(torch.addcmul(h[L - 1, c], starts[-1], pw[L - 1]))
-    h.addcmul_(pw.unsqueeze(1), torch.stack(starts))  # 3) h_{c,a} = h_loc[c, a] + λ^{a+1} s_{c-1}
-    hs = h.transpose(0, 1).reshape(C * L, n, B, N)[:T].movedim(0, 2)  # (n, B, T, N)
-    return (hs.flip(2) if reverse else hs).contiguous()
+    for c in range(C - 1, 0, -1) if reverse else range(C - 1):  # 2) the state entering each chunk
+        starts.append(torch.addcmul(ends[:, :, c], starts[-1], pw[:, :, 0 if reverse else L - 1]))
+    carried = torch.stack(starts[::-1] if reverse else starts, 2)  # (n, B, C, N)
+    h.addcmul_(pw[:, :, None], carried[:, :, :, None])  # 3) h_{c,a} += λ^{a+1} s_{c-1} (forward)
+    return hs
 
 
 def _scan_backward(scan, lam, h0, hs, dhs, chunk: int, reverse: bool):
