@@ -80,6 +80,43 @@ def test_full_grid_is_the_product_of_axes_and_multitask_has_no_inner_step():
         (TINY.env_steps, TINY.eval_every, TINY.eval_tasks, TINY.eval_inner_steps)}
 
 
+def test_memory_axis_crosses_methods_except_rl2_and_labels_trial_memory():
+    from rllib_ext.config import MAMLConfig
+
+    widths = {NAV: {"gru": {"width": 8, "backbone_params": 0}}}
+    space = param_space(TINY, backbones=["gru"], task_names=[NAV], seeds=2, methods=["maml", "multitask", "rl2"],
+                        memories=["episode", "trial"], widths=widths)
+    trials = _expand(space)
+    got = {(t["method"], t["seed"]): (t["inner_steps"], t["memory"]) for t in trials}
+    k = TINY.inner_steps
+    want = {"maml": (k, "episode"), "maml+trial": (k, "trial"), "multitask": (0, "episode"),
+            "multitask+trial": (0, "trial"), "rl2": (0, "trial")}
+    assert got == {(m, s): v for m, v in want.items() for s in (0, 1)}
+    for t in trials:  # every trial's config validates (memory, inner_steps and the size's fields together)
+        MAMLConfig().update_from_dict({k: v for k, v in t.items() if k != "method"}).validate_meta(
+            local_learner_here=False)
+    # the default axis (episode memory) is the grid as before: no memory column, the methods' own names
+    plain = _expand(param_space(TINY, backbones=["gru"], task_names=[NAV], seeds=1, widths=widths))
+    assert sorted(t["method"] for t in plain) == ["maml", "multitask"]
+    assert {t["memory"] for t in plain} == {"episode"}
+    only_trial = _expand(param_space(TINY, backbones=["gru"], task_names=[NAV], seeds=1, methods=["maml", "rl2"],
+                                     memories=["trial"], widths=widths))
+    assert sorted(t["method"] for t in only_trial) == ["maml+trial", "rl2"]
+
+
+def test_sweep_help_lists_every_method_and_the_memory_axis(capsys):
+    from metarl.apps.sweep import add_arguments
+    from tune_configs.baselines import MEMORIES, METHODS
+
+    with pytest.raises(SystemExit):
+        add_arguments(argparse.ArgumentParser()).parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    methods_help = out.split("--methods METHODS")[-1].split(" --")[0]  # the option's help, not the usage
+    assert all(m in methods_help for m in METHODS), methods_help
+    memory_help = out.split("--memory MEMORY")[-1].split(" --")[0]
+    assert all(m in memory_help for m in MEMORIES) and "maml+trial" in memory_help, memory_help
+
+
 def test_sweep_stops_on_env_steps_and_early_stops_per_family_on_the_heldout_metric():
     from tune_configs.baselines import CLOCK, FRESH, METRIC, make_scheduler, stop_criteria
     from tune_configs.schedulers import PerGroupASHA
@@ -126,6 +163,8 @@ def test_trial_resources_come_from_the_config(monkeypatch):
     (dict(seeds=0), r"--seeds = 0.*>= 1"),
     (dict(methods=["reptile"]), r"--methods.*'reptile'.*allowed"),
     (dict(backbones=[]), r"--backbones is empty"),
+    (dict(memories=["episodic"]), r"--memory.*'episodic'.*allowed: \['episode', 'trial'\]"),
+    (dict(memories=["trial", "trial"]), r"--memory lists a value twice"),
 ])
 def test_check_axes_rejects_bad_axes(kwargs, pattern):
     args = dict(backbones=["gru"], task_names=[NAV], seeds=1, methods=["maml"]) | kwargs
@@ -142,6 +181,7 @@ def test_check_axes_rejects_bad_axes(kwargs, pattern):
     (["--gpus-per-trial", "-1"], "--gpus-per-trial = -1"),
     (["--env-steps", "0"], "--env-steps = 0 must be >= 1"),
     (["--scheduler", "asha", "--iterations", "2"], "scheduler 'asha' needs an env-step budget"),
+    (["--memory", "episode,trail"], "--memory: unknown or empty ['trail']; allowed: ['episode', 'trial']"),
 ])
 def test_sweep_cli_fails_before_ray_starts(argv, pattern, tmp_path, monkeypatch, capsys):
     import ray

@@ -7,6 +7,9 @@ One trial = one ``MAML`` run of ``MAMLConfig`` with these fields set by the grid
     method     in {"maml", "multitask", "rl2"}   multitask = .meta(inner_steps=0): θ trained on the same tasks
                                            without the inner step (the non-meta baseline); rl2 =
                                            .meta(inner_steps=0, memory="trial"): adapts in context only (RL²)
+               x --memory {episode, trial}: maml and multitask with trial memory are the methods "maml+trial"
+                                           and "multitask+trial" (.meta(memory="trial")); rl2 is trial memory
+                                           by definition, so it is not crossed (``method_labels``)
     seed       in range(--seeds)   (weights and task sampler)
     width      = matched[task][backbone]: the width at which the backbone has ~``target_params`` parameters
                  (``metarl.models.build_matched``), so that backbones are compared at an equal size
@@ -31,6 +34,8 @@ from metarl import models, tasks
 
 METHODS = {"maml": None, "multitask": 0, "rl2": 0}  # method -> inner_steps (None: the size's inner_steps)
 METHOD_MEMORY = {"maml": "episode", "multitask": "episode", "rl2": "trial"}  # method -> MAMLConfig.memory
+MEMORIES = ("episode", "trial")  # the --memory axis (MAMLConfig.memory)
+TRIAL_SUFFIX = "+trial"  # a method crossed with trial memory: "maml+trial", "multitask+trial"
 DEFAULT_TASKS = ("halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "humanoid-dir")
 METRIC = "eval/return_post"  # held-out return after eval_inner_steps steps: what ASHA and the report rank by ("max")
 FRESH = "eval/fresh"  # 1 on a result that holds a new evaluation (0: carried forward); ASHA's rungs fall on these
@@ -96,7 +101,24 @@ SIZES: dict[str, SweepSize] = {
 }
 
 
-def check_axes(*, backbones: list[str], task_names: list[str], seeds: int, methods: list[str]) -> None:
+def method_labels(methods: list[str], memories: list[str] = ("episode",)) -> list[str]:
+    """The method axis of the grid: each method crossed with each memory (``"maml"``, ``"maml+trial"``, ...);
+    rl2 once (it is trial memory by definition)."""
+    out = []
+    for m in methods:
+        mems = ["trial"] if METHOD_MEMORY[m] == "trial" else list(memories)
+        out += [m if METHOD_MEMORY[m] == mem else m + TRIAL_SUFFIX for mem in mems]
+    return out
+
+
+def method_settings(label: str) -> tuple[str, str]:
+    """(method, memory) of a method label of ``method_labels`` (``"maml+trial"`` -> ("maml", "trial"))."""
+    base = label.removesuffix(TRIAL_SUFFIX)
+    return base, "trial" if label != base else METHOD_MEMORY[base]
+
+
+def check_axes(*, backbones: list[str], task_names: list[str], seeds: int, methods: list[str],
+               memories: list[str] = ("episode",)) -> None:
     """ValueError naming the argument, the bad value and what is allowed (called before Ray starts)."""
     for axis, noun, values, known in (("--backbones", "backbone", backbones, models.available()),
                                       ("--tasks", "task", task_names, tasks.names())):
@@ -110,7 +132,11 @@ def check_axes(*, backbones: list[str], task_names: list[str], seeds: int, metho
     bad = [m for m in methods if m not in METHODS]
     if not methods or bad:
         raise ValueError(f"--methods: unknown or empty {bad or methods}; allowed: {sorted(METHODS)}")
-    for axis, values in (("--backbones", backbones), ("--tasks", task_names), ("--methods", methods)):
+    bad = [m for m in memories if m not in MEMORIES]
+    if not memories or bad:
+        raise ValueError(f"--memory: unknown or empty {bad or list(memories)}; allowed: {list(MEMORIES)}")
+    for axis, values in (("--backbones", backbones), ("--tasks", task_names), ("--methods", methods),
+                         ("--memory", memories)):
         if len(set(values)) != len(values):
             raise ValueError(f"{axis} lists a value twice: {values}")
 
@@ -163,15 +189,18 @@ def base_config(size: SweepSize, *, gpus_per_trial: float = 0.0):
 
 def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str], seeds: int,
                 methods: list[str] = ("maml", "multitask"), widths: dict | None = None,
-                gpus_per_trial: float = 0.0) -> dict:
-    """The Tune ``param_space``: ``MAMLConfig.to_dict()`` with grids over task, backbone, method and seed.
+                gpus_per_trial: float = 0.0, memories: list[str] = ("episode",)) -> dict:
+    """The Tune ``param_space``: ``MAMLConfig.to_dict()`` with grids over task, backbone, method (x memory:
+    ``method_labels``) and seed.
 
-    ``width`` and ``inner_steps`` are ``tune.sample_from`` functions of the grid point (matched size, method).
+    ``width``, ``inner_steps`` and ``memory`` are ``tune.sample_from`` functions of the grid point (matched size,
+    method label).
     """
     from ray import tune
 
-    methods = list(methods)
-    check_axes(backbones=list(backbones), task_names=list(task_names), seeds=seeds, methods=methods)
+    check_axes(backbones=list(backbones), task_names=list(task_names), seeds=seeds, methods=list(methods),
+               memories=list(memories))
+    methods = method_labels(list(methods), list(memories))
     if widths is None:
         widths = matched_widths(backbones=list(backbones), task_names=list(task_names),
                                 target_params=size.target_params)
@@ -184,10 +213,10 @@ def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str],
         method=tune.grid_search(methods),
         seed=tune.grid_search(list(range(seeds))),
         width=tune.sample_from(lambda config: table[config["task"]][config["backbone"]]),
-        inner_steps=tune.sample_from(lambda config: k if METHODS[config["method"]] is None else 0),
+        inner_steps=tune.sample_from(lambda config: k if METHODS[method_settings(config["method"])[0]] is None else 0),
     )
-    if any(METHOD_MEMORY[m] != "episode" for m in methods):  # else the config's own memory field stays as is
-        space["memory"] = tune.sample_from(lambda config: METHOD_MEMORY[config["method"]])
+    if any(method_settings(m)[1] != "episode" for m in methods):  # else the config's own memory field stays as is
+        space["memory"] = tune.sample_from(lambda config: method_settings(config["method"])[1])
     return space
 
 

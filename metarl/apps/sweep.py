@@ -5,7 +5,8 @@
     metarl report runs/sweeps/try
 
 The sweep itself is data (``tune_configs/baselines.py``): a grid over ``MAMLConfig`` fields, backbones matched to
-the same parameter budget, method "maml" and the non-meta "multitask" baseline (``inner_steps=0``). Every trial
+the same parameter budget, method "maml", the non-meta "multitask" baseline (``inner_steps=0``) and "rl2", crossed
+with ``--memory episode,trial`` (a trial-memory method is labelled "maml+trial"; rl2 is trial memory). Every trial
 stops at the same training budget in env steps (``--env-steps``; ``--iterations`` is the alternative stop) and
 evaluates itself on the family's held-out test tasks every ``eval_every`` iterations and at the end (``eval/...``,
 the metric that ranks; ``--scheduler asha``: one ASHA per task family on it). Bad axes or
@@ -36,7 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--backbones", default=None, help="comma-separated backbones (default: every registered one)")
     parser.add_argument("--tasks", default="halfcheetah-vel,halfcheetah-dir,ant-dir,ant-goal,humanoid-dir",
                         help="comma-separated task families")
-    parser.add_argument("--methods", default="maml,multitask", help="maml and/or multitask (inner_steps=0)")
+    parser.add_argument("--methods", default="maml,multitask",
+                        help="comma-separated: maml, multitask (inner_steps=0), rl2 (inner_steps=0, trial memory)")
+    parser.add_argument("--memory", default="episode",
+                        help="comma-separated memory axis: episode and/or trial, crossed with the methods except rl2 "
+                             "(trial by definition); a trial-memory method is labelled e.g. maml+trial")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per (task, backbone, method) cell")
     parser.add_argument("--smoke", action="store_true", help="tiny trials (2 CPUs, minutes): same as --size smoke")
     parser.add_argument("--size", choices=["smoke", "laptop", "desktop", "full"], default=None,
@@ -64,8 +69,8 @@ def plan(args: argparse.Namespace) -> dict:
     from tune_configs.storage import check_storage
 
     backbones = _csv(args.backbones) if args.backbones is not None else models.available()
-    task_names, methods = _csv(args.tasks), _csv(args.methods)
-    check_axes(backbones=backbones, task_names=task_names, seeds=args.seeds, methods=methods)
+    task_names, methods, memories = _csv(args.tasks), _csv(args.methods), _csv(getattr(args, "memory", "episode"))
+    check_axes(backbones=backbones, task_names=task_names, seeds=args.seeds, methods=methods, memories=memories)
     size = SIZES[args.size or ("smoke" if args.smoke else "full")]
     changes = _size_changes(args)
     if args.gpus_per_trial < 0:
@@ -77,7 +82,7 @@ def plan(args: argparse.Namespace) -> dict:
     stop_criteria(size)  # a budget, and the scheduler's needs, checked before Ray starts
     make_scheduler(size)
     storage = check_storage(args.storage)
-    return dict(backbones=backbones, task_names=task_names, methods=methods, seeds=args.seeds,
+    return dict(backbones=backbones, task_names=task_names, methods=methods, memories=memories, seeds=args.seeds,
                 size=size, name=name, storage=storage, gpus_per_trial=args.gpus_per_trial)
 
 
@@ -118,7 +123,8 @@ def run_sweep(p: dict, *, echo=print, resume: bool = False):
         echo(f"{task}: matched widths (backbone params, target {size.target_params}): "
              + ", ".join(f"{b} {v['width']} ({v['backbone_params']})" for b, v in row.items()))
     space = param_space(size, backbones=p["backbones"], task_names=p["task_names"], seeds=p["seeds"],
-                        methods=p["methods"], widths=widths, gpus_per_trial=p["gpus_per_trial"])
+                        methods=p["methods"], widths=widths, gpus_per_trial=p["gpus_per_trial"],
+                        memories=p.get("memories", ["episode"]))
     scheduler = make_scheduler(size)
     tuner = tune.Tuner(
         MAML,
