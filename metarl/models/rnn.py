@@ -9,7 +9,7 @@ Two numerically equivalent paths share the SAME parameters (those of ``torch.nn.
   kernel has no batching rule), which is why the batched meta-gradient (``metarl.meta_batch``) enters
   ``plain_ops()``. The GRU's sequence mode runs its time loop as one autograd node with a hand-written,
   differentiable backward (``gru_sequence``, below): ~2x cheaper second-order meta-gradients than autograd
-  through the cell, and task-batched under vmap.
+  through the cell, and task-batched under vmap; the LSTM's the same way (``lstm_sequence``).
 
 LSTM (gate order i, f, g, o as in torch)::
 
@@ -147,6 +147,104 @@ def gru_sequence(gx: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: t
     return _GRU.apply(gx, h0, w_hh, b_hh)
 
 
+# --- the LSTM's time loop, the same way -----------------------------------------------------------------------------
+# gx holds both biases. With tc = tanh(c_t), c_{t-1} the previous cell state and dh_t, dc_t the total gradients at
+# h_t, c_t (dc_t includes the path through h_t = o ⊙ tc):
+#     dc_t = dcs_t + dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ o(1 - tc²)
+#     d(gates)_t = dc_t ⊙ [g·i(1-i), c_{t-1}·f(1-f), i·(1-g²), 0] + dh_t ⊙ [0, 0, 0, tc·o(1-o)]
+#     dh_{t-1} = dhs_{t-1} + d(gates)_t W_hh,   dW_hh = Σ_t d(gates)_tᵀ h_{t-1}
+
+
+def _lstm_forward(gx, h0, c0, w_hh):
+    """(h_1..h_T, c_1..c_T), each (n, B, T, H), for n stacked LSTMs: gx (n, B, T, 4H), h0 and c0 (n, B, H),
+    w_hh (n, 4H, H); the same equations as ``LSTMBackbone._cell``."""
+    H = h0.shape[-1]
+    w_t = w_hh.transpose(1, 2)
+    h, c, hs, cs = h0, c0, [], []
+    for gx_t in gx.unbind(2):
+        gates = torch.baddbmm(gx_t, h, w_t)  # (n, B, 4H)
+        i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
+        c = torch.addcmul(f * c, i, torch.tanh(gates[..., 2 * H : 3 * H]))
+        h = o * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs, 2), torch.stack(cs, 2)
+
+
+def _lstm_backward(gx, h0, c0, w_hh, hs, cs, dhs, dcs):
+    """Gradients of ``_lstm_forward`` w.r.t. (gx, h0, c0, w_hh) given dhs, dcs (n, B, T, H); see the comment above."""
+    n_, B, T, H = hs.shape
+    h_prev = torch.cat([h0.unsqueeze(2), hs[:, :, :-1]], 2)  # (n, B, T, H)
+    c_prev = torch.cat([c0.unsqueeze(2), cs[:, :, :-1]], 2)
+    gates = torch.baddbmm(gx.reshape(n_, B * T, 4 * H), h_prev.reshape(n_, B * T, H), w_hh.transpose(1, 2))
+    i, f, g, o = torch.sigmoid(gates.view(n_, B, T, 4 * H)).chunk(4, dim=-1)
+    g = torch.tanh(gates.view(n_, B, T, 4 * H)[..., 2 * H : 3 * H])
+    tc = torch.tanh(cs)
+    zero = torch.zeros_like(tc)
+    a_c = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), zero], dim=3)  # (n, B, T, 4, H)
+    a_h = torch.stack([zero, zero, zero, tc * o * (1 - o)], dim=3)
+    a_tc = o * (1 - tc * tc)
+    carry_h, carry_c = torch.zeros_like(h0), torch.zeros_like(c0)
+    d_steps = []
+    steps = zip(*(x.unbind(2)[::-1] for x in (dhs, dcs, a_tc, a_c, a_h, f)))  # unbind: no O(T²) select backward
+    for dhs_t, dcs_t, a_tc_t, a_c_t, a_h_t, f_t in steps:
+        dh = dhs_t + carry_h
+        dc = torch.addcmul(dcs_t + carry_c, dh, a_tc_t)
+        d = torch.addcmul(dc.unsqueeze(2) * a_c_t, dh.unsqueeze(2), a_h_t).reshape(n_, B, 4 * H)
+        carry_h, carry_c = torch.bmm(d, w_hh), dc * f_t
+        d_steps.append(d)
+    dgates = stack_steps(d_steps[::-1], 2)  # (n, B, T, 4H)
+    dw = dgates.reshape(n_, B * T, 4 * H).transpose(1, 2) @ h_prev.reshape(n_, B * T, H)
+    return dgates, carry_h, carry_c, dw
+
+
+class _LSTMBatched(torch.autograd.Function):
+    """``_lstm_forward`` as one autograd node (inputs with a leading task axis)."""
+
+    @staticmethod
+    def forward(gx, h0, c0, w_hh):
+        return _lstm_forward(gx, h0, c0, w_hh)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, *output)
+
+    @staticmethod
+    def backward(ctx, dhs, dcs):
+        return _lstm_backward(*ctx.saved_tensors, dhs, dcs)
+
+
+class _LSTM(torch.autograd.Function):
+    """``_lstm_forward`` of ONE LSTM (no task axis) as one autograd node; under torch.vmap, ``_LSTMBatched``."""
+
+    @staticmethod
+    def forward(gx, h0, c0, w_hh):
+        hs, cs = _lstm_forward(gx[None], h0[None], c0[None], w_hh[None])
+        return hs[0], cs[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, *output)
+
+    @staticmethod
+    def backward(ctx, dhs, dcs):
+        saved = [x[None] for x in ctx.saved_tensors]
+        return tuple(g[0] for g in _lstm_backward(*saved, dhs[None], dcs[None]))
+
+    @staticmethod
+    def vmap(info, in_dims, gx, h0, c0, w_hh):
+        args = [x.movedim(d, 0) if d is not None else x.expand(info.batch_size, *x.shape)
+                for x, d in zip((gx, h0, c0, w_hh), in_dims)]
+        return _LSTMBatched.apply(*args), (0, 0)
+
+
+def lstm_sequence(gx: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                  w_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gx (B, T, 4H) input gates with both biases, h0 and c0 (B, H), w_hh (4H, H) -> (h_1..h_T, c_1..c_T), each
+    (B, T, H); differentiable to any order."""
+    return _LSTM.apply(gx, h0, c0, w_hh)
+
+
 class LSTMBackbone(_RNNBackbone):
     """One-layer LSTM + linear head; state ``{"h": (B, H), "c": (B, H)}``."""
 
@@ -170,6 +268,11 @@ class LSTMBackbone(_RNNBackbone):
         if self.fused_for(x):
             hs, (h, c) = self.rnn(x, (state["h"].unsqueeze(0).contiguous(), state["c"].unsqueeze(0).contiguous()))
             return self.head(hs), {"h": h.squeeze(0), "c": c.squeeze(0)}
+        hs, cs = lstm_sequence(self._input_gates(x), state["h"], state["c"], self.rnn.weight_hh_l0)  # (B, T, H)
+        return self.head(hs), {"h": hs[:, -1], "c": cs[:, -1]}
+
+    def _sequence_cells(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """The cell path's sequence through autograd op by op (what ``_sequence`` ran before; the tests' reference)."""
         gx = self._input_gates(x)  # (B, T, 4H)
         h, c = state["h"], state["c"]
         hs = []
