@@ -184,18 +184,19 @@ def _lstm_backward(gx, h0, c0, w_hh, hs, cs, dhs, dcs):
     a_c = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), zero], dim=3)  # (n, B, T, 4, H)
     a_h = torch.stack([zero, zero, zero, tc * o * (1 - o)], dim=3)
     a_tc = o * (1 - tc * tc)
-    carry_h, carry_c = torch.zeros_like(h0), torch.zeros_like(c0)
+    # the carries enter step t already holding dhs_t, dcs_t: baddbmm / addcmul add them (5 ops per step)
+    prev = [torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :-1]], 2) for x in (dhs, dcs)]  # dhs_{t-1}, dcs_{t-1}
+    dh, carry_c = dhs[:, :, -1], dcs[:, :, -1]  # dh: the total gradient at h_t in step t, at h0 after the loop
     d_steps = []
-    steps = zip(*(x.unbind(2)[::-1] for x in (dhs, dcs, a_tc, a_c, a_h, f)))  # unbind: no O(T²) select backward
-    for dhs_t, dcs_t, a_tc_t, a_c_t, a_h_t, f_t in steps:
-        dh = dhs_t + carry_h
-        dc = torch.addcmul(dcs_t + carry_c, dh, a_tc_t)
+    steps = zip(*(x.unbind(2)[::-1] for x in (*prev, a_tc, a_c, a_h, f)))  # unbind: no O(T²) select backward
+    for dhs_p, dcs_p, a_tc_t, a_c_t, a_h_t, f_t in steps:
+        dc = torch.addcmul(carry_c, dh, a_tc_t)
         d = torch.addcmul(dc.unsqueeze(2) * a_c_t, dh.unsqueeze(2), a_h_t).reshape(n_, B, 4 * H)
-        carry_h, carry_c = torch.bmm(d, w_hh), dc * f_t
+        dh, carry_c = torch.baddbmm(dhs_p, d, w_hh), torch.addcmul(dcs_p, dc, f_t)
         d_steps.append(d)
     dgates = stack_steps(d_steps[::-1], 2)  # (n, B, T, 4H)
     dw = dgates.reshape(n_, B * T, 4 * H).transpose(1, 2) @ h_prev.reshape(n_, B * T, H)
-    return dgates, carry_h, carry_c, dw
+    return dgates, dh, carry_c, dw
 
 
 class _LSTMBatched(torch.autograd.Function):
