@@ -20,6 +20,24 @@ if TYPE_CHECKING:
 
 AUTO_FIELDS = ("num_env_runners", "num_learners")
 
+#: ``--preset NAME``: field values set before the flags are read; a flag given on the command line wins.
+#: ``default``: the table's defaults (the place for the HalfCheetahDir ablation's winner, BENCHMARKS.md).
+#: ``paper``: the published MAML/ProMP configuration as far as our fields go: 40 tasks x 20 episodes, one inner
+#: VPG-gradient step with α = 0.1, second order (MAML, Finn et al. 2017, and ProMP, Rothfuss et al. 2019); an MLP of
+#: 2 x 100 tanh units (MAML's network); ProMP's outer step: LVC inner objective, 5 Adam steps of lr 1e-3 on the
+#: clipped surrogate with ε = 0.3, γ = 0.99, normalised advantages. Not reproduced: ProMP's KL penalty on the
+#: pre-update policy and MAML-TRPO's conjugate-gradient step (``--outer-target-kl 0.01`` is its trust region
+#: δ = 0.01 by early stopping); the gradient clip and the horizon stay ours (HalfCheetahDir: 100, ProMP's).
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "paper": {
+        "meta_batch_size": 40, "episodes_per_task": 20, "inner_steps": 1, "inner_lr": 0.1, "first_order": False,
+        "backbone": "mlp", "width": 100, "backbone_kwargs": {"num_layers": 2, "activation": "tanh"},
+        "inner_objective": "lvc", "outer_steps": 5, "lr": 1e-3, "clip_param": 0.3, "gamma": 0.99,
+        "normalize_advantages": True, "outer_kl_coeff": 0.0, "outer_target_kl": None,
+    },
+}
+
 
 def count_or_auto(text: str):
     """argparse type of ``--num-env-runners`` / ``--num-learners``: an integer, or ``auto``."""
@@ -42,16 +60,33 @@ def json_object(text: str) -> dict:
     return value
 
 
+def _given(namespace: argparse.Namespace, dest: str) -> None:
+    """Record that a field's flag was given on the command line (a preset never overrides it)."""
+    namespace.given_fields = getattr(namespace, "given_fields", frozenset()) | {dest}
+
+
+class _StoreField(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _given(namespace, self.dest)
+
+
+class _BoolField(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _given(namespace, self.dest)
+
+
 def _add_field(group, f: Field) -> None:
     help_ = f"{f.help} (default: {f.shown_default()})".replace("%", "%%")
     if f.kind is bool:
-        group.add_argument(f.option, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        group.add_argument(f.option, action=_BoolField, default=f.default, help=help_)
         return
     default = dict(f.default) if isinstance(f.default, dict) else f.default
     kind = json_object if f.kind is dict else count_or_auto if f.name in AUTO_FIELDS else _TYPES[f.kind]
     if f.name in AUTO_FIELDS:
         help_ = help_.replace(" (default:", "; 'auto': picked from the cores (default:")
-    group.add_argument(f.option, type=kind, default=default, help=help_)
+    group.add_argument(f.option, action=_StoreField, type=kind, default=default, help=help_)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -65,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/mujoco", help="run folder, or a URI such as s3://bucket/run, file:///x (default: runs/mujoco)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest")
     run.add_argument("--checkpoint-every", type=int, default=20, help="checkpoint every N iterations and at the end (default: 20)")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                     help="a set of field values applied first; flags given explicitly win: 'paper' = the published "
+                          "MAML/ProMP configuration (40 tasks x 20 episodes, MLP 2 x 100 tanh, LVC, ...), 'default' "
+                          "= the table's defaults (default: default)")
     meta = parser.add_argument_group("MAML (MAMLConfig.meta fields)")
     outer = parser.add_argument_group("outer loop, resources and seed (MAMLConfig's RLlib fields)")
     for f in FIELDS:
@@ -83,9 +122,36 @@ def check_run_flags(args: argparse.Namespace) -> None:
                          "this machine's CPUs")
 
 
+def apply_preset(args: argparse.Namespace) -> dict:
+    """Set the fields of ``--preset`` on ``args`` except those whose flag was given (once; prints what it set).
+    Returns {field: value} set. ValueError naming the flag, the value and the presets for an unknown name."""
+    from rllib_ext.fields import BY_NAME
+
+    name = getattr(args, "preset", None) or "default"
+    if name not in PRESETS:
+        raise ValueError(f"--preset = {name!r} is invalid: one of {sorted(PRESETS)}")
+    if getattr(args, "preset_applied", None) is not None:
+        return args.preset_applied
+    given = getattr(args, "given_fields", frozenset())
+    applied = {}
+    for field, value in PRESETS[name].items():
+        f = BY_NAME[field]
+        if f.dest not in given:  # the values are checked with the flags' (config_from_args)
+            setattr(args, f.dest, dict(value) if isinstance(value, dict) else value)
+            applied[field] = value
+    args.preset_applied = applied
+    if applied:
+        kept = sorted(BY_NAME[k].option for k in PRESETS[name] if k not in applied)
+        print(f"--preset {name} set " + ", ".join(f"{k}={v!r}" for k, v in applied.items())
+              + (f" (given flags kept: {', '.join(kept)})" if kept else ""), flush=True)
+    return applied
+
+
 def resolve_layout(args: argparse.Namespace) -> None:
     """Replace ``auto`` runner/Learner counts by the layout for the cores (``--num-cpus``, else the cores this
-    process may use); the picked layout is kept as ``args.layout`` (None when nothing was ``auto``)."""
+    process may use); the picked layout is kept as ``args.layout`` (None when nothing was ``auto``). The preset
+    is applied first (it may set ``meta_batch_size``, which the layout reads)."""
+    apply_preset(args)
     if getattr(args, "layout", None) is not None:
         return  # resolved already
     cores = args.num_cpus or visible_cores()
