@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from metarl import models
 from metarl.policy_net import PolicyNet, State
 from metarl.rl import LogProbFn, PreparedTask, clipped_surrogate_loss, inner_objective
-from metarl.sampler import call_with_params
-from metarl.trial import compact_trial
+from metarl.trial import compact_trial, sequence_cuts, sequence_log_prob
 
 __all__ = ["meta_gradient_batched", "pad_stack", "task_gradients", "trial_meta_gradient_batched",
            "trial_task_gradients"]
@@ -169,32 +168,10 @@ TRIAL_KEYS = ("x", "actions", "mask", "advantages", "logp")
 
 def _stack_phase(phases: Sequence[Mapping[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], list[int]]:
     """One compacted phase per task -> (n_tasks, n, L, ...) per key and ``lengths`` (n_tasks, n); and the cuts
-    of the sequence: every env's length and L, ascending."""
+    of the sequence (``metarl.trial.sequence_cuts``: every env's length of every task, and L)."""
     out = pad_stack(phases, TRIAL_KEYS)
     out["lengths"] = torch.stack([p["lengths"] for p in phases])
-    return out, sorted(set(out["lengths"].flatten().tolist()) | {out["mask"].shape[2]})
-
-
-def _hold(new: State, old: State, advance: torch.Tensor) -> State:
-    """``new`` on the rows where ``advance`` (n,) is True, ``old`` elsewhere."""
-    return {k: torch.where(advance.view(-1, *([1] * (v.dim() - 1))), v, old[k]) for k, v in new.items()}
-
-
-def _phase_log_prob(net: PolicyNet, params: dict[str, torch.Tensor], phase: dict[str, torch.Tensor], state: State,
-                    cuts: Sequence[int]) -> tuple[torch.Tensor, State]:
-    """log π (n, L) of one task's compacted phase from ``state``, and each env's state after its last real step."""
-
-    def run(m: PolicyNet) -> tuple[torch.Tensor, State]:
-        ys, start, s = [], 0, state
-        for end in cuts if m.stateful else cuts[-1:]:
-            y, new = m(phase["x"][:, start:end], s)  # (n, end - start, out)
-            s = _hold(new, s, phase["lengths"] >= end)
-            ys.append(y)
-            start = end
-        return torch.cat(ys, 1), s
-
-    y, end_state = call_with_params(net, params, run)
-    return net.dist_log_prob(y, phase["actions"]), end_state
+    return out, sequence_cuts(out["lengths"], out["mask"].shape[2])
 
 
 def trial_task_gradients(net: PolicyNet, params: Mapping[str, torch.Tensor], tasks: Sequence[PreparedTask], *,
@@ -212,11 +189,11 @@ def trial_task_gradients(net: PolicyNet, params: Mapping[str, torch.Tensor], tas
     loss_fn = inner_objective(objective)
 
     def inner_loss(p: list, b: dict, s: State, cuts: list) -> tuple[torch.Tensor, State]:
-        logp, s = _phase_log_prob(net, dict(zip(names, p)), b, s, cuts)
+        logp, s = sequence_log_prob(net, dict(zip(names, p)), b, s, cuts)
         return loss_fn(logp, b["advantages"], b["mask"]), s
 
     def outer_loss(p: list, q: dict, s: State, cuts: list) -> tuple[torch.Tensor, torch.Tensor]:
-        logp, _ = _phase_log_prob(net, dict(zip(names, p)), q, s, cuts)  # (n, L)
+        logp, _ = sequence_log_prob(net, dict(zip(names, p)), q, s, cuts)  # (n, L)
         return clipped_surrogate_loss(logp, q["logp"], q["advantages"], q["mask"], clip=clip), logp
 
     with models.plain_ops():

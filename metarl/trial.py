@@ -21,7 +21,7 @@ import gymnasium as gym
 import torch
 
 from metarl.maml import check_lr
-from metarl.policy_net import PolicyNet
+from metarl.policy_net import PolicyNet, State
 from metarl.rl import EpisodeBatch, PreparedTask, advantages, clipped_surrogate_loss, inner_objective, linear_baseline
 from metarl.sampler import TrialCarry, call_with_params, derive_seed, keep_rows, sample_episodes
 
@@ -153,38 +153,74 @@ def trial_meta_gradient_loop(net: PolicyNet, params: Params, tasks: Sequence[Pre
     return total / max(len(tasks), 1), max_dlogp
 
 
-def compact_trial(net: PolicyNet, task: PreparedTask, n: int) -> list[dict[str, torch.Tensor]]:
-    """Every phase of one task (support phases, then the query) with each env's real steps end to end, for the
-    batched meta-gradient (``metarl.meta_batch.trial_meta_gradient_batched``), which runs each phase as sequences.
+def compact_phase(net: PolicyNet, phase: dict[str, torch.Tensor], n: int, prev_action: torch.Tensor,
+                  prev_reward: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One phase with each env's real steps end to end, so that it runs as sequences (``sequence_log_prob``).
 
-    Per phase, (n, L, ...) with L = the most real steps of an env in the phase and env i's steps in rows ``[i, :l_i]``
-    (``lengths`` (n,) = l_i; the rest zero-padded with ``mask`` = 0): ``x`` the backbone's input (``trial_input``
-    when ``net.trial_inputs``, with the previous action and reward of the env's previous real step, across
-    phases, zeros at the trial's start), ``actions``, ``mask``, ``advantages`` and ``logp``. None of it depends on θ.
+    (n, L, ...) with L = the most real steps of an env in the phase, env i's steps in rows ``[i, :l_i]`` (``lengths``
+    (n,) = l_i; the rest zero-padded with ``mask`` = 0): ``x`` the backbone's input (``trial_input`` when
+    ``net.trial_inputs``, with the previous real step's action and reward, ``prev_action`` (n, A) and
+    ``prev_reward`` (n,) at the phase's first step), ``actions``, ``mask`` and ``advantages`` and ``logp`` where
+    the phase has them. Returns it with the RL² inputs carried to the next phase. Nothing here depends on θ.
     """
-    phases = [*task.support, task.query]
-    dtype, device = phases[0]["obs"].dtype, phases[0]["obs"].device
-    prev_a = torch.zeros(n, net.action_feature_dim, dtype=dtype, device=device)
-    prev_r = torch.zeros(n, dtype=dtype, device=device)
-    rows = torch.arange(n, device=device).unsqueeze(1)
+    horizon = phase["mask"].shape[1]
+    real = layout(phase["mask"], n) > 0  # (n, Q*T)
+    lengths = real.sum(1)  # (n,)
+    order = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, : int(lengths.max())]  # (n, L)
+    rows = torch.arange(n, device=order.device).unsqueeze(1)
+    keys = [k for k in ("obs", "actions", "rewards", "mask", "advantages", "logp") if k in phase]
+    c = {k: layout(phase[k], n)[rows, order] for k in keys}
+    x, rew = c.pop("obs"), c.pop("rewards")
+    if net.trial_inputs:
+        feats = net.action_features(c["actions"], x.dtype)  # (n, L, A)
+        first = order % horizon == 0  # an episode's first step (every episode has one real step at least)
+        x = net.trial_input(x, torch.cat([prev_action.unsqueeze(1), feats[:, :-1]], 1),
+                            torch.cat([prev_reward.unsqueeze(1), rew[:, :-1]], 1), first)
+        last = lengths.unsqueeze(1) - 1
+        prev_action, prev_reward = feats[rows, last].squeeze(1), rew[rows, last].squeeze(1)
+    return {**c, "x": x, "lengths": lengths}, prev_action, prev_reward
+
+
+def compact_trial(net: PolicyNet, task: PreparedTask, n: int) -> list[dict[str, torch.Tensor]]:
+    """``compact_phase`` of every phase of one task (support phases, then the query), the RL² inputs carried
+    across phases from zeros at the trial's start."""
+    obs = task.query["obs"]
+    prev_a = torch.zeros(n, net.action_feature_dim, dtype=obs.dtype, device=obs.device)
+    prev_r = torch.zeros(n, dtype=obs.dtype, device=obs.device)
     out = []
-    for phase in phases:
-        horizon = phase["mask"].shape[1]
-        real = layout(phase["mask"], n) > 0  # (n, Q*T)
-        lengths = real.sum(1)  # (n,)
-        order = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, : int(lengths.max())]  # (n, L)
-        c = {k: layout(phase[k], n)[rows, order] for k in ("obs", "actions", "rewards", "mask", "advantages", "logp")}
-        x = c.pop("obs")
-        if net.trial_inputs:
-            feats = net.action_features(c["actions"], dtype)  # (n, L, A)
-            first = order % horizon == 0  # an episode's first step (every episode has one real step at least)
-            x = net.trial_input(x, torch.cat([prev_a.unsqueeze(1), feats[:, :-1]], 1),
-                                torch.cat([prev_r.unsqueeze(1), c["rewards"][:, :-1]], 1), first)
-            last = lengths.unsqueeze(1) - 1
-            prev_a, prev_r = feats[rows, last].squeeze(1), c["rewards"][rows, last].squeeze(1)
-        del c["rewards"]
-        out.append({**c, "x": x, "lengths": lengths})
+    for phase in [*task.support, task.query]:
+        c, prev_a, prev_r = compact_phase(net, phase, n, prev_a, prev_r)
+        out.append(c)
     return out
+
+
+def sequence_cuts(lengths: torch.Tensor, steps: int) -> list[int]:
+    """Where ``sequence_log_prob`` cuts a compacted phase of ``steps`` steps: every env's length, and ``steps``."""
+    return sorted(set(lengths.flatten().tolist()) | {steps})
+
+
+def hold(new: State, old: State, advance: torch.Tensor) -> State:
+    """``new`` on the rows where ``advance`` (n,) is True, ``old`` elsewhere (a tensor ``keep_rows``)."""
+    return {k: torch.where(advance.view(-1, *([1] * (v.dim() - 1))), v, old[k]) for k, v in new.items()}
+
+
+def sequence_log_prob(net: PolicyNet, params: Params, phase: dict[str, torch.Tensor], state: State,
+                      cuts: Sequence[int]) -> tuple[torch.Tensor, State]:
+    """log π_params (n, L) of a compacted phase (``compact_phase``) run as sequences from ``state``, and each env's
+    state after its last real step: the sequence is cut at ``cuts`` (``sequence_cuts``), and an env whose steps
+    have ended keeps its state through the later pieces. Equals ``phase_log_prob`` on the real steps; vmappable."""
+
+    def run(m: PolicyNet) -> tuple[torch.Tensor, State]:
+        ys, start, s = [], 0, state
+        for end in cuts if m.stateful else cuts[-1:]:
+            y, new = m(phase["x"][:, start:end], s)  # (n, end - start, out)
+            s = hold(new, s, phase["lengths"] >= end)
+            ys.append(y)
+            start = end
+        return torch.cat(ys, 1), s
+
+    y, end_state = call_with_params(net, params, run)
+    return net.dist_log_prob(y, phase["actions"]), end_state
 
 
 def prepare_trial_task(support: Sequence[EpisodeBatch], query: EpisodeBatch, n: int, *, dtype: torch.dtype, device,
@@ -236,11 +272,14 @@ def sample_trial(envs: Sequence[gym.Env], net: PolicyNet, *, inner_steps: int, n
         if k == inner_steps:
             break
         t = batch.tensors(p0.dtype, p0.device)
-        adv = phase_advantages(t, len(envs), gamma=gamma, normalize=normalize_advantages, trial_returns=trial_returns)
-        with torch.enable_grad():
+        t["advantages"] = phase_advantages(t, len(envs), gamma=gamma, normalize=normalize_advantages,
+                                           trial_returns=trial_returns)
+        start = start.filled(net, len(envs))
+        c, _, _ = compact_phase(net, t, len(envs), start.prev_action, start.prev_reward)
+        with torch.enable_grad():  # ∂L_k/∂θ_k from the phase's starting carry, the phase run as sequences
             p = {name: v.detach().requires_grad_() for name, v in params.items()}
-            logp, _ = phase_log_prob(net, p, t, len(envs), start)
-            loss = loss_fn(logp, adv, t["mask"])
+            logp, _ = sequence_log_prob(net, p, c, start.state, sequence_cuts(c["lengths"], c["mask"].shape[1]))
+            loss = loss_fn(logp, c["advantages"], c["mask"])
             params = {name: v.detach() for name, v in trial_inner_step(loss, p, lr=lr, first_order=True).items()}
         losses.append(float(loss.detach()))
         adapted.append(params)

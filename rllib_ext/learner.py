@@ -22,7 +22,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
 from metarl import trial
-from metarl.meta_batch import meta_gradient_batched
+from metarl.meta_batch import meta_gradient_batched, trial_meta_gradient_batched
 from metarl.policy_net import functional_log_prob
 from metarl.rl import PreparedTask, meta_gradient_loop, prepare_task, query_dists, query_kls
 from rllib_ext.jobs import TaskResult
@@ -79,15 +79,16 @@ class MAMLLearner(TorchLearner):
     ) -> tuple[float, float]:
         """Accumulate ∇θ Σ_tasks L_outer(θ'_task(θ)) / num_tasks_total into ``.grad``; returns (loss, max |Δlogp|).
 
-        All tasks at once (``metarl.meta_batch.meta_gradient_batched``); ``per_task_loop=True`` runs the reference,
-        ``metarl.rl.meta_gradient_loop`` (same numbers, tests/test_batched_meta_grad.py). Δlogp compares the
-        recomputed log π_θ'(a|s) with the one recorded while sampling: ~0 at θ unchanged, which proves the query
-        episodes were sampled by the θ' the Learner reconstructs.
+        All tasks at once (``metarl.meta_batch.meta_gradient_batched``; trial memory:
+        ``trial_meta_gradient_batched``); ``per_task_loop=True`` runs the reference, ``metarl.rl.meta_gradient_loop``
+        (trial memory: ``metarl.trial.trial_meta_gradient_loop``; same numbers, tests/test_batched_meta_grad.py,
+        tests/test_trial_batched.py). Δlogp compares the recomputed log π_θ'(a|s) with the one recorded while
+        sampling: ~0 at θ unchanged, which proves the query episodes were sampled by the θ' the Learner reconstructs.
         """
         cfg = self.config
         net = self.policy.net
-        if cfg.memory == "trial":  # whole trials, one task at a time (the batched meta-gradient is episode memory's)
-            return trial.trial_meta_gradient_loop(
+        if cfg.memory == "trial":  # whole trials through the carried state (tests/test_trial_batched.py)
+            return (trial.trial_meta_gradient_loop if per_task_loop else trial_meta_gradient_batched)(
                 net, dict(net.named_parameters()), tasks, num_envs=cfg.num_envs_per_env_runner,
                 num_tasks_total=num_tasks_total, inner_lr=cfg.inner_lr, clip=cfg.clip_param,
                 first_order=cfg.first_order, objective=cfg.inner_objective)
