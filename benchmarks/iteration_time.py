@@ -3,7 +3,8 @@
 Run (about 5-10 minutes on one core)::
 
     .venv/bin/python benchmarks/iteration_time.py                       # all registered backbones
-    .venv/bin/python benchmarks/iteration_time.py --backbones mlp,gru,lru --iterations 3
+    .venv/bin/python benchmarks/iteration_time.py --backbones mlp,gru,lru,lstm --iterations 3
+    .venv/bin/python benchmarks/iteration_time.py --backbones mlp,lru,lstm --autograd-sequences   # + before/after
 
 Everything runs in this process (``num_env_runners=0``: the local EnvRunner samples, the local Learner updates) on
 one torch thread, so the split is the cost of each phase on one core. Times are CPU seconds of the main thread
@@ -13,7 +14,10 @@ meta-gradients, the per-task loop (``metarl.rl.meta_gradient_loop``, the Learner
 the batched one (``metarl.meta_batch``, the default), so both see the same machine state and the same kind of
 episodes; sampling does not depend on the mode and is the median over all iterations. Printed per mode: seconds
 per iteration, the meta-update's share, each backbone's iteration relative to ``mlp`` in the same mode, and the
-loop/batched ratio of the meta-update. Results to expect (HalfCheetahDir H=100, 4 tasks x 10 episodes, width 64):
+loop/batched ratio of the meta-update. ``--autograd-sequences`` adds a third mode for lru and lstm: the batched
+meta-gradient with their sequence functions (``lru_scan``, ``lstm_sequence``: the time loop as one autograd node
+with a hand-written backward) replaced by the same recurrence through autograd op by op (what they ran before), so
+the gain is measured side by side in one run. Results to expect (HalfCheetahDir H=100, 4 tasks x 10 episodes, width 64):
 see BENCHMARKS.md.
 
 Debug in-process: every phase runs in the driver, so ``python -m pdb benchmarks/iteration_time.py`` stops anywhere.
@@ -33,6 +37,32 @@ import torch
 from metarl import models
 
 MODES = ("loop", "batched")
+
+
+def _reference_sequences() -> dict:
+    """backbone -> (class, attribute, the sequence path through autograd op by op) for ``--autograd-sequences``."""
+    from metarl.models.lru import LRULayer, _scan_autograd
+    from metarl.models.rnn import LSTMBackbone
+
+    return {
+        "lru": (LRULayer, "forward", lambda self, x, h: self._parallel(x, h, _scan_autograd)),
+        "lstm": (LSTMBackbone, "_sequence", LSTMBackbone._sequence_cells),
+    }
+
+
+def _with_reference(fn, cls: type, attr: str, ref):
+    """``fn`` that runs with ``cls.attr`` replaced by ``ref`` (the meta-gradient only: sampling is untouched)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        own = cls.__dict__[attr]
+        setattr(cls, attr, ref)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setattr(cls, attr, own)
+
+    return wrapper
 
 
 def _timed(fn, sink: list):
@@ -70,13 +100,16 @@ def measure(backbone: str, args) -> dict:
         learner = algo.learner_group._learner
         num_params = models.num_params(learner.policy)
         batched = learner.meta_gradient
-        loop = functools.partial(batched, per_task_loop=True)
+        fns = {"loop": functools.partial(batched, per_task_loop=True), "batched": batched}
+        references = _reference_sequences() if args.autograd_sequences else {}
+        if backbone in references:
+            fns["autograd"] = _with_reference(batched, *references[backbone])
         updates: list = []
         learner.meta_update = _timed(learner.meta_update, updates)
-        rows = {m: [] for m in MODES}
+        rows = {m: [] for m in fns}
         for i in range(args.iterations + 1):  # the first round warms up
-            for mode in MODES if i % 2 == 0 else MODES[::-1]:
-                learner.meta_gradient = loop if mode == "loop" else batched
+            for mode in list(fns) if i % 2 == 0 else list(fns)[::-1]:
+                learner.meta_gradient = fns[mode]
                 c0, w0 = time.thread_time(), time.perf_counter()
                 algo.train()
                 total = (time.thread_time() - c0, time.perf_counter() - w0)
@@ -109,6 +142,13 @@ def report(res: list[dict], args) -> None:
             total, ref_total = r["sample"] + r[m], ref["sample"] + ref[m]
             line += f"{r[m]:>12.2f} ({r[m + '_wall']:>5.2f}){100 * r[m] / total:>10.0f}%{total / ref_total:>8.2f}"
         print(line + f"{r['loop'] / r['batched']:>14.2f}")
+    for r in (r for r in res if "autograd" in r):
+        before, ref_total = r["sample"] + r["autograd"], ref["sample"] + ref["batched"]
+        print(f"{r['backbone']}: batched update {r['autograd']:.2f} s ({r['autograd_wall']:.2f}) with the sequence "
+              f"through autograd op by op -> {r['batched']:.2f} s ({r['batched_wall']:.2f}) with its sequence "
+              f"function ({r['autograd'] / r['batched']:.2f}x); update {100 * r['autograd'] / before:.0f}% -> "
+              f"{100 * r['batched'] / (r['sample'] + r['batched']):.0f}% of the iteration, "
+              f"{before / ref_total:.2f}x -> {(r['sample'] + r['batched']) / ref_total:.2f}x {ref['backbone']}")
 
 
 def main() -> None:
@@ -121,6 +161,8 @@ def main() -> None:
     p.add_argument("--episodes-per-task", type=int, default=10)
     p.add_argument("--outer-steps", type=int, default=5)
     p.add_argument("--iterations", type=int, default=2, help="measured iterations per mode, after one warm-up each")
+    p.add_argument("--autograd-sequences", action="store_true",
+                   help="also time lru's and lstm's batched meta-gradient with their sequence through autograd op by op")
     args = p.parse_args()
     torch.set_num_threads(1)
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
