@@ -1,0 +1,210 @@
+"""One-knob ablation of MAML on HalfCheetahDir (H=100) at a fixed env-step budget, with held-out evaluation.
+
+Run (the full ablation: 19 variants x 2 seeds x 5 M env steps; hours per variant on a 2-core machine)::
+
+    .venv/bin/python benchmarks/ablate_hcdir.py                                  # everything, resumable
+    .venv/bin/python benchmarks/ablate_hcdir.py --variants default,lvc --seeds 1 # a subset
+    .venv/bin/python benchmarks/ablate_hcdir.py --dry-run                        # print the plan and commands
+
+Each variant is the default configuration with ONE knob changed (``VARIANTS``: inner objective, first/second
+order, outer steps, outer lr, ProMP's KL term, a KL trust region, meta-batch size, episodes per task, width and
+activation, inner lr, advantage normalisation) or a combination (the ``paper`` preset, with and without the trust
+region). Every (variant, seed) is one ``python -m metarl.train`` run in its own process (its own embedded Ray),
+trained for ceil(budget / env steps per iteration) iterations, then evaluated on the held-out tasks by
+``python -m metarl evaluate`` (``--eval-tasks 2`` = both directions, ``--eval-episodes 20`` episodes each before
+and after one inner step; written to RUN/heldout_<iterations>.json). Results: ``docs/results/hcdir_ablation.json``
+and a markdown table (knob, value, held-out return after one inner step: mean and 95% two-level bootstrap
+interval over seeds x directions, training env steps per seed, wall time of all seeds).
+
+Resumable: a (variant, seed) whose run holds its last iteration is not re-trained (and not re-evaluated once its
+evaluation file exists); one with fewer iterations is continued from its checkpoint (``--resume``). Expected numbers: none yet (the ablation has not been run on this
+machine; BENCHMARKS.md says how to run it). Debug one run in-process: run its printed command (``--dry-run``)
+with ``python -m metarl.train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from metarl import tasks  # noqa: E402
+from metarl.apps.stats import interval  # noqa: E402
+
+#: (name, knob, value, flags) — flags on top of the default configuration (the table's defaults)
+VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("default", "(none)", "defaults", ()),
+    ("lvc", "inner_objective", "lvc", ("--inner-objective", "lvc")),
+    ("first-order", "first_order", "True", ("--first-order",)),
+    ("outer-steps-1", "outer_steps", "1", ("--outer-steps", "1")),
+    ("outer-steps-10", "outer_steps", "10", ("--outer-steps", "10")),
+    ("outer-lr-3e-4", "outer lr", "3e-4", ("--outer-lr", "3e-4")),
+    ("outer-lr-3e-3", "outer lr", "3e-3", ("--outer-lr", "3e-3")),
+    ("outer-kl-1", "outer_kl_coeff", "1.0", ("--outer-kl-coeff", "1.0")),
+    ("target-kl-0.01", "outer_target_kl", "0.01", ("--outer-target-kl", "0.01")),
+    ("meta-batch-40", "meta_batch_size", "40", ("--meta-batch-size", "40")),
+    ("episodes-20", "episodes_per_task", "20", ("--episodes-per-task", "20")),
+    ("width-100", "width", "100", ("--width", "100")),
+    ("tanh-2x", "backbone_kwargs", '{"num_layers": 2, "activation": "tanh"}',
+     ("--backbone-kwargs", '{"num_layers": 2, "activation": "tanh"}')),
+    ("inner-lr-0.05", "inner_lr", "0.05", ("--inner-lr", "0.05")),
+    ("inner-lr-0.2", "inner_lr", "0.2", ("--inner-lr", "0.2")),
+    ("no-adv-norm", "normalize_advantages", "False", ("--no-normalize-advantages",)),
+    ("paper", "preset", "paper", ("--preset", "paper")),
+    ("paper-target-kl", "preset + outer_target_kl", "paper, 0.01", ("--preset", "paper", "--outer-target-kl", "0.01")),
+    ("paper-first-order", "preset + first_order", "paper, True", ("--preset", "paper", "--first-order")),
+)
+BY_NAME = {v[0]: v for v in VARIANTS}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", default="all", help="comma-separated names of VARIANTS, or 'all' (default: all)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default: 2)")
+    p.add_argument("--budget", type=int, default=5_000_000, help="training env steps per run (default: 5000000)")
+    p.add_argument("--task", default="halfcheetah-dir", help="task family (default: halfcheetah-dir)")
+    p.add_argument("--eval-tasks", type=int, default=2, help="held-out tasks (HalfCheetahDir: 2 = both directions)")
+    p.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per task (default: 20)")
+    p.add_argument("--root", default="runs/hcdir-ablation", help="run folders: ROOT/VARIANT/seedK")
+    p.add_argument("--results", default="docs/results/hcdir_ablation.json", help="the JSON written")
+    p.add_argument("--train-args", default="--num-env-runners auto",
+                   help="more flags of every `metarl train` run, e.g. resources (default: --num-env-runners auto)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    args = p.parse_args(argv)
+    names = list(BY_NAME) if args.variants == "all" else args.variants.split(",")
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; allowed: {list(BY_NAME)} or 'all'")
+    for flag in ("seeds", "budget", "eval_tasks", "eval_episodes"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} = {getattr(args, flag)} is invalid: an integer >= 1")
+    args.names = names
+    return args
+
+
+def train_config(flags: list[str]):
+    """The MAMLConfig ``metarl train`` would build from these flags (no Ray started)."""
+    from metarl.apps import flags as cli
+
+    parsed = cli.add_arguments(argparse.ArgumentParser()).parse_args(flags)
+    parsed.num_env_runners = parsed.num_learners = 0  # the layout does not change the numbers read here
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the preset's line is printed by the run itself
+        return cli.config_from_args(parsed)
+
+
+def plan_run(args, name: str, seed: int) -> dict:
+    """The command of one (variant, seed) and its iteration count for the env-step budget."""
+    flags = ["--task", args.task, *BY_NAME[name][3], *shlex.split(args.train_args)]
+    cfg = train_config(flags)
+    horizon = cfg.horizon or tasks.horizon(cfg.task)
+    per_iter = cfg.meta_batch_size * cfg.episodes_per_task * (cfg.inner_steps + 1) * horizon
+    iterations = max(1, math.ceil(args.budget / per_iter))
+    out = str(Path(args.root) / name / f"seed{seed}")
+    cmd = [sys.executable, "-m", "metarl.train", *flags, "--seed", str(seed), "--out", out,
+           "--iterations", str(iterations), "--checkpoint-every", str(max(1, iterations // 10))]
+    heldout = str(Path(out) / f"heldout_{iterations}.json")
+    eval_cmd = [sys.executable, "-m", "metarl", "evaluate", "--checkpoint", out, "--adapt-steps", "1",
+                "--episodes", str(args.eval_episodes), "--num-tasks", str(args.eval_tasks), "--out", heldout]
+    return {"out": out, "iterations": iterations, "env_steps_per_iteration": per_iter, "cmd": cmd,
+            "eval_cmd": eval_cmd, "heldout": heldout}
+
+
+def read_run(out: str) -> dict | None:
+    """Iterations done and training env steps of a run folder (None: no results yet)."""
+    path = Path(out) / "results.json"
+    records = json.loads(path.read_text(encoding="utf-8"))["records"] if path.exists() else []
+    if not records:
+        return None
+    return {"iterations": int(records[-1]["iteration"]), "env_steps": int(records[-1].get("env_steps/lifetime", 0))}
+
+
+def read_heldout(path: str) -> dict:
+    """Per held-out task, the mean return before and after one inner step (``metarl evaluate``'s JSON)."""
+    per_task = json.loads(Path(path).read_text(encoding="utf-8"))["per_task"]
+    return {"task_returns_step_0": [sum(t["returns"][0]) / len(t["returns"][0]) for t in per_task],
+            "task_returns": [sum(t["returns"][1]) / len(t["returns"][1]) for t in per_task]}
+
+
+def _timed(cmd: list[str]) -> float:
+    print("$", shlex.join(cmd), flush=True)
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True)
+    return time.monotonic() - t0
+
+
+def run_one(plan: dict, entry: dict) -> dict:
+    """Train (or continue) one run to its last iteration, then evaluate it on the held-out tasks once; ``entry``
+    is its record in the JSON (returned updated)."""
+    got = read_run(plan["out"])
+    wall = entry.get("wall_s", 0.0)
+    if got is None or got["iterations"] < plan["iterations"]:
+        wall += _timed(plan["cmd"] + (["--resume"] if got is not None else []))
+        got = read_run(plan["out"])
+    if not Path(plan["heldout"]).exists():
+        wall += _timed(plan["eval_cmd"])
+    return {**entry, **got, **read_heldout(plan["heldout"]), "wall_s": wall, "done": True}
+
+
+def summarize(name: str, runs: dict) -> dict:
+    """Held-out return after one step over seeds x tasks: mean and 95% two-level bootstrap interval."""
+    table = [r["task_returns"] for r in runs.values() if r.get("done") and r.get("task_returns")]
+    row = {"knob": BY_NAME[name][1], "value": BY_NAME[name][2], "seeds_done": len(table),
+           "env_steps": max((r.get("env_steps", 0) for r in runs.values()), default=0),
+           "wall_s": sum(r.get("wall_s", 0.0) for r in runs.values())}
+    if table and len({len(t) for t in table}) == 1:
+        iv = interval(table)
+        row.update(mean=iv.mean, low=iv.low, high=iv.high)
+    return row
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| variant | knob | value | held-out return after 1 step (95% interval) | seeds | env steps/seed | wall |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for name, r in summary.items():
+        ret = f"{r['mean']:.1f} [{r['low']:.1f}, {r['high']:.1f}]" if "mean" in r else "—"
+        lines.append(f"| {name} | {r['knob']} | {r['value']} | {ret} | {r['seeds_done']} | {r['env_steps']:,} | "
+                     f"{r['wall_s'] / 3600:.2f} h |")
+    return "\n".join(lines)
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = Path(args.results)
+    data = load(path)
+    data.update(task=args.task, budget_env_steps=args.budget, eval_tasks=args.eval_tasks,
+                eval_episodes=args.eval_episodes, train_args=args.train_args)
+    data.setdefault("runs", {})
+    for name in args.names:
+        for seed in range(args.seeds):
+            plan = plan_run(args, name, seed)
+            if args.dry_run:
+                print(f"{name} seed {seed}: {plan['iterations']} iterations x {plan['env_steps_per_iteration']:,} "
+                      f"env steps\n  {shlex.join(plan['cmd'])}\n  {shlex.join(plan['eval_cmd'])}")
+                continue
+            runs = data["runs"].setdefault(name, {})
+            shown = {k: shlex.join(["python", *plan[k][1:]]) for k in ("cmd", "eval_cmd")}  # no machine's path
+            runs[str(seed)] = run_one(plan, {**runs.get(str(seed), {}), **shown})
+            data["summary"] = {n: summarize(n, data["runs"][n]) for n in data["runs"]}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=1), encoding="utf-8")  # after every run: resumable
+    if not args.dry_run:
+        print(markdown({n: data["summary"][n] for n in args.names if n in data["summary"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

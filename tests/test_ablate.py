@@ -1,0 +1,71 @@
+"""benchmarks/ablate_hcdir.py at a tiny budget: 2 variants x 1 seed on navigation-2d (real `metarl train` runs).
+
+The iteration count is the budget over the env steps of one iteration (written out by hand below); a finished
+run is read, not re-run; a run with fewer iterations than a larger budget asks for is continued with --resume; the
+JSON holds every run's held-out per-task returns and the summary interval; the markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("ablate_hcdir", ROOT / "benchmarks" / "ablate_hcdir.py")
+ablate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablate)
+
+#: 2 tasks x 2 episodes x (1 inner step + query) x horizon 20 = 160 env steps per iteration
+TINY = "--meta-batch-size 2 --episodes-per-task 2 --num-envs-per-runner 2 --num-env-runners 0 --horizon 20 --width 8"
+
+
+def argv(tmp_path, budget: int, variants: str = "default,first-order") -> list[str]:
+    return ["--task", "navigation-2d", "--variants", variants, "--seeds", "1", "--budget", str(budget),
+            "--eval-tasks", "2", "--eval-episodes", "2", "--root", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "ablation.json"), "--train-args", TINY]
+
+
+def test_dry_run_plans_iterations_from_the_budget(tmp_path, capsys):
+    assert ablate.main([*argv(tmp_path, 330, "default,paper"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "default seed 0: 3 iterations x 160 env steps" in out  # ceil(330 / 160)
+    assert "paper seed 0: 3 iterations x 160 env steps" in out  # the given flags win over the preset's 40 x 20
+    assert "--preset paper" in out and not (tmp_path / "ablation.json").exists()
+
+
+def test_bad_variant_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(argv(tmp_path, 320, "default,nope"))
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(600)
+def test_tiny_ablation_runs_resumes_and_reports(tmp_path, capsys):
+    assert ablate.main(argv(tmp_path, 320)) == 0  # 2 iterations each, then the held-out evaluation
+    out = capsys.readouterr().out
+    assert out.count("$ ") == 4 and out.count(" evaluate --checkpoint ") == 2
+    assert "| default | (none) | defaults |" in out and "| first-order | first_order | True |" in out
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    for name in ("default", "first-order"):
+        run = data["runs"][name]["0"]
+        assert run["done"] and run["iterations"] == 2 and run["env_steps"] == 2 * 160
+        heldout = json.loads((tmp_path / "runs" / name / "seed0" / "heldout_2.json").read_text())
+        assert heldout["num_tasks"] == 2 and heldout["episodes"] == 2 and heldout["adapt_steps"] == 1
+        want = [float(np.mean(t["returns"][1])) for t in heldout["per_task"]]  # after one inner step
+        assert run["task_returns"] == pytest.approx(want, rel=1e-12) and len(want) == 2
+        assert run["cmd"].startswith("python -m metarl.train") and run["eval_cmd"].startswith("python -m metarl ")
+        s = data["summary"][name]
+        assert s["low"] <= s["mean"] <= s["high"] and s["mean"] == pytest.approx(np.mean(want), rel=1e-12)
+    assert ablate.main(argv(tmp_path, 320)) == 0  # finished and evaluated: read, not re-run
+    assert "$ " not in capsys.readouterr().out
+    assert ablate.main(argv(tmp_path, 480, "default")) == 0  # 3 iterations: continued from the checkpoint
+    out = capsys.readouterr().out
+    train_line = out.split("$ ")[1].split("\n")[0]
+    assert out.count("$ ") == 2 and "--iterations 3" in train_line and train_line.endswith("--resume")
+    run = json.loads((tmp_path / "ablation.json").read_text())["runs"]["default"]["0"]
+    assert run["iterations"] == 3 and run["env_steps"] == 3 * 160
+    assert (tmp_path / "runs" / "default" / "seed0" / "heldout_3.json").exists()
