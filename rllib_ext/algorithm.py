@@ -126,13 +126,14 @@ class MAML(Algorithm):
     def evaluate_heldout(self) -> tuple[list[dict], dict[str, float]]:
         """Adapt the current θ on the family's held-out test tasks (``eval_*`` fields), the jobs spread over the
         runners by ``run_jobs``; returns (per-task records, ``eval/...`` metrics without the prefix)."""
-        from rllib_ext.heldout import heldout_metrics, run_heldout
+        from rllib_ext.heldout import heldout_metrics, run_heldout, trial_envs_of
 
         cfg = self.config
         per_task = run_heldout(self.run_jobs, task=cfg.task, task_options=cfg.task_options,
                                num_tasks=cfg.eval_tasks, test_seed=cfg.eval_test_seed,
                                inner_steps=cfg.eval_inner_steps,
-                               episodes=cfg.eval_episodes or cfg.episodes_per_task, seed=cfg.eval_seed)
+                               episodes=cfg.eval_episodes or cfg.episodes_per_task, seed=cfg.eval_seed,
+                               trial_envs=trial_envs_of(cfg))
         return per_task, heldout_metrics(per_task)
 
     def _eval_due(self, iteration: int, trained_steps: int) -> bool:

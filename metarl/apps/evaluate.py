@@ -12,7 +12,10 @@ up to and including step k (k = 0: before any adaptation); for families that rep
 success rate (episodes with ``info["success"]`` true at some step) and its standard error over tasks. Meta-World's
 protocol per held-out goal (adaptation episodes, one step, evaluation episodes) is ``--adapt-steps 1 --episodes 10``:
 row k = 0 is the 10 adaptation episodes, row k = 1 the evaluation episodes (10 here; Meta-World draws 3, same
-expected success). Example::
+expected success). With a trial-memory checkpoint (``memory="trial"``) each task's steps run as one trial per
+sub-env (the state carried across episodes and steps, as in training), and each step also reports the return of
+episode j = 1..Q within its phase (``return_per_episode``, Q = episodes / sub-envs; a table block "in context"):
+in-context adaptation shows as a rise from episode 1 to episode Q. Example::
 
     metarl evaluate --checkpoint runs/hc --adapt-steps 3 --episodes 20 --out eval.json
     metarl evaluate --checkpoint runs/ml1 --adapt-steps 1 --episodes 10 --num-tasks 50   # Meta-World ML1
@@ -37,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--adapt-steps", type=int, default=3, help="inner steps N (returns reported for k = 0..N)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes K per task per step")
     parser.add_argument("--num-tasks", type=int, default=40, help="held-out test tasks (MAML paper: 40)")
-    parser.add_argument("--num-envs", type=int, default=None, help="sub-envs (a divisor of --episodes; default <= 10)")
+    parser.add_argument("--num-envs", type=int, default=None, help="sub-envs (a divisor of --episodes; default <= 10; trial memory: one trial per "
+                        "sub-env, default <= the checkpoint's sub-envs per runner)")
     parser.add_argument("--inner-lr", type=float, default=None, help="α of the inner step (default: the checkpoint's)")
     parser.add_argument("--test-seed", type=int, default=1, help="seed of the test-task set (MAML paper: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
@@ -53,17 +57,19 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
              inner_lr: float | None = None, test_seed: int = 1, seed: int = 0) -> dict:
     """Adapt on each test task; returns {"steps": [per-k summary], "per_task": [...], "provenance": ...}."""
     from rllib_ext.checkpoint import load_config, resolve_checkpoint
-    from rllib_ext.heldout import run_heldout
+    from rllib_ext.heldout import run_heldout, trial_envs_of
     from rllib_ext.runner import MAMLEnvRunner
 
     for name, v, lo in (("adapt_steps", adapt_steps, 0), ("episodes", episodes, 1), ("num_tasks", num_tasks, 1)):
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"evaluate(): {name} = {v!r} must be an integer >= {lo}")
-    num_envs = num_envs or _largest_divisor(episodes, at_most=10)
-    if episodes % num_envs:
+    if num_envs is not None and (not isinstance(num_envs, int) or num_envs < 1 or episodes % num_envs):
         raise ValueError(f"evaluate(): num_envs = {num_envs} must divide episodes = {episodes}")
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_config(ckpt).copy(copy_frozen=False)
+    # trial memory: one trial per sub-env, so the sub-envs set the episodes per trial; default: as in training
+    num_envs = num_envs or _largest_divisor(
+        episodes, at_most=cfg.num_envs_per_env_runner if cfg.memory == "trial" else 10)
     cfg.meta(inner_steps=adapt_steps, episodes_per_task=episodes)  # what runs (the jobs carry it), as recorded
     if inner_lr is not None:
         cfg.meta(inner_lr=inner_lr)
@@ -74,7 +80,8 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
         _load_policy_weights(runner.module, cfg, ckpt)
         # the same function as the evaluation inside a trial (MAML.evaluate_heldout): same tasks, seeds, jobs
         per_task = run_heldout(runner.run_tasks, task=cfg.task, task_options=cfg.task_options, num_tasks=num_tasks,
-                               test_seed=test_seed, inner_steps=adapt_steps, episodes=episodes, seed=seed)
+                               test_seed=test_seed, inner_steps=adapt_steps, episodes=episodes, seed=seed,
+                               trial_envs=trial_envs_of(cfg))
     finally:
         runner.stop()
     check_finite_returns(per_task, inner_lr=cfg.inner_lr)
@@ -92,8 +99,11 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
             "env_steps": int(steps[k]),
             "env_steps_cumulative": int(steps[: k + 1].sum()),
             **success_summary(per_task, k),
+            **in_context_summary(per_task, k),
         })
+    trial = {"memory": "trial", "num_envs": num_envs} if cfg.memory == "trial" else {}  # episode memory: as before
     return {
+        **trial,
         "checkpoint": str(ckpt),
         "task": cfg.task,
         "adapt_steps": adapt_steps,
@@ -116,6 +126,31 @@ def success_summary(per_task: list[dict], k: int) -> dict:
     return {"success_rate": float(rates.mean()), "success_sem_tasks": sem}
 
 
+def in_context_summary(per_task: list[dict], k: int) -> dict:
+    """Trial memory: with θ_k, the return of the j-th episode within the phase (j = 1..Q; ``phase_returns``), mean
+    over tasks and its standard error over tasks ({} with episode memory)."""
+    if not per_task or "phase_returns" not in per_task[0]:
+        return {}
+    curve = np.array([t["phase_returns"][k] for t in per_task])  # (tasks, Q)
+    sem = curve.std(0, ddof=1) / np.sqrt(len(curve)) if len(curve) > 1 else np.zeros(curve.shape[1])
+    return {"return_per_episode": curve.mean(0).tolist(), "return_per_episode_sem_tasks": sem.tolist()}
+
+
+def format_in_context(result: dict) -> list[str]:
+    """Trial memory's block of ``format_table``: per step k, the mean return of episode 1..Q within the phase."""
+    steps = [s for s in result["steps"] if "return_per_episode" in s]
+    if not steps:
+        return []
+    q = len(steps[0]["return_per_episode"])
+    lines = [f"in context (trial memory, {result.get('num_envs', '?')} sub-env trial(s) per task): return of episode "
+             f"j within each step's phase, mean over tasks",
+             f"{'step k':>6}  " + "  ".join(f"{f'ep {j}':>8}" for j in range(1, q + 1)) + f"  {'last-first':>10}"]
+    for s in steps:
+        curve = s["return_per_episode"]
+        lines.append(f"{s['k']:>6d}  " + "  ".join(f"{v:>8.2f}" for v in curve) + f"  {curve[-1] - curve[0]:>+10.2f}")
+    return lines
+
+
 def format_table(result: dict) -> str:
     lines = [
         f"{result['task']}: {result['num_tasks']} test tasks x {result['episodes']} episodes, "
@@ -129,7 +164,7 @@ def format_table(result: dict) -> str:
             f"  {s['return_std_episodes']:>8.2f}  {s['env_steps']:>10,d}  {s['env_steps_cumulative']:>10,d}"
             + (f"  {s['success_rate']:>7.1%} ± {s['success_sem_tasks']:.1%}" if "success_rate" in s else "")
         )
-    return "\n".join(lines)
+    return "\n".join(lines + format_in_context(result))
 
 
 def _load_policy_weights(module, cfg, ckpt) -> None:

@@ -17,7 +17,9 @@ the meta-batch at each trial's last iteration (``adapt/return_step_k``: for the 
 afresh (``metarl.evaluate``) and a third table reports those returns. Plots (PNG, axis labels with units, legend
 outside the data): ``learning_<task>.png`` (held-out return after K steps vs training env steps, one line per
 backbone x method, band = ±1 std over seeds) and ``adaptation_<task>.png`` (held-out return vs inner steps k at
-the last evaluation). No Ray import; matplotlib with Agg.
+the last evaluation). Where trials ran trial memory (``eval/return_step_k_episode_j`` logged), a section "In-context
+adaptation" tables the held-out return of episode j within each phase and ``in_context_<task>.png`` plots it.
+No Ray import; matplotlib with Agg.
 """
 
 from __future__ import annotations
@@ -162,8 +164,14 @@ def load_trials(exp_dir: str | Path, skipped: list[str] | None = None) -> list[T
     return trials
 
 
+def _step_columns(rows: list[dict], prefix: str) -> list[int]:
+    """The k of every ``<prefix>return_step_<k>`` column (not trial memory's ``..._episode_<j>`` columns)."""
+    head = f"{prefix}return_step_"
+    return sorted({int(c[len(head):]) for r in rows for c in r if c.startswith(head) and c[len(head):].isdigit()})
+
+
 def _steps(rows: list[dict]) -> list[int]:
-    return sorted({int(c.rsplit("_", 1)[1]) for r in rows for c in r if c.startswith("adapt/return_step_")})
+    return _step_columns(rows, "adapt/")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -288,7 +296,80 @@ def heldout_cells(trials: list[Trial]) -> list[dict]:
 
 
 def _eval_steps(rows: list[dict]) -> list[int]:
-    return sorted({int(c.rsplit("_", 1)[1]) for r in rows for c in r if c.startswith("eval/return_step_")})
+    return _step_columns(rows, "eval/")
+
+
+# --- in-context adaptation (trial memory) -------------------------------------------------------------------------
+def _episode_curve(row: dict, k: int) -> list[float]:
+    """``eval/return_step_<k>_episode_<j>``, j = 1, 2, ...: the j-th episode within phase k (trial memory)."""
+    out, j = [], 1
+    while not math.isnan(row.get(f"eval/return_step_{k}_episode_{j}", math.nan)):
+        out.append(row[f"eval/return_step_{k}_episode_{j}"])
+        j += 1
+    return out
+
+
+def in_context_cells(trials: list[Trial]) -> list[dict]:
+    """One dict per (task, backbone, method) whose trials ran trial memory and logged the per-episode held-out
+    returns: ``curve_<k>`` = [(mean, std over seeds) of episode j = 1..Q within phase k] at the last evaluation."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for t in trials:
+        fresh = _fresh_rows(t)
+        if fresh and _episode_curve(fresh[-1], 0):
+            cells[t.key].append(fresh[-1])
+    out = []
+    for (task, backbone, method), last in sorted(cells.items()):
+        cell = {"task": task, "backbone": backbone, "method": method, "seeds": len(last), "steps": _eval_steps(last)}
+        for k in cell["steps"]:
+            curves = [_episode_curve(r, k) for r in last]
+            q = min(len(c) for c in curves)
+            cell[f"curve_{k}"] = [_mean_std([c[j] for c in curves]) for j in range(q)]
+        out.append(cell)
+    return out
+
+
+def in_context_markdown(cells: list[dict]) -> str:
+    """Per family: one row per (backbone, method, step k), the held-out return of episode 1..Q within the phase."""
+    parts = []
+    for task in sorted({c["task"] for c in cells}):
+        cs = [c for c in cells if c["task"] == task]
+        q = max(len(c[f"curve_{k}"]) for c in cs for k in c["steps"])
+        head = ["backbone", "method", "seeds", "step k", *[f"episode {j}" for j in range(1, q + 1)],
+                "last − first"]
+        lines = [f"### {task}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in cs:
+            for k in c["steps"]:
+                curve = c[f"curve_{k}"]
+                cols = [_fmt(ms, 2) for ms in curve] + ["—"] * (q - len(curve))
+                gain = f"{curve[-1][0] - curve[0][0]:+.2f}" if curve else "n/a"
+                lines.append("| " + " | ".join([c["backbone"], c["method"], str(c["seeds"]), str(k), *cols, gain])
+                             + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def plot_in_context(cells: list[dict], plots_dir: Path) -> list[Path]:
+    """in_context_<task>.png: held-out return vs episode within the phase, one line per backbone x method x step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in sorted({c["task"] for c in cells}):
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        for c in (c for c in cells if c["task"] == task):
+            for k in c["steps"]:
+                ms = np.array(c[f"curve_{k}"])  # (Q, 2)
+                ax.errorbar(np.arange(1, len(ms) + 1), ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3,
+                            ls="-" if k == c["steps"][-1] else "--", label=f"{_label(c['backbone'], c['method'])} θ_{k}")
+        ax.set(title=f"{task}: in-context adaptation (trial memory), last evaluation, mean ± std over seeds",
+               xlabel="episode j within the phase (the state carried from episode to episode)",
+               ylabel="held-out return of episode j\n(episode reward sum)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        written.append(_save(fig, ax, plots_dir / f"in_context_{task}.png"))
+    return written
 
 
 def ranked(cells: list[dict]) -> dict[str, list[dict]]:
@@ -517,6 +598,8 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
     cells = summarize(trials)
     held = heldout_cells(trials)
     pngs = plot(trials, held, exp_dir / "plots")
+    in_context = in_context_cells(trials)
+    pngs += plot_in_context(in_context, exp_dir / "plots") if in_context else []
     parts = [f"# Sweep report: {exp_dir.name}", "", f"{len(trials)} trials.", ""]
     if held:
         parts += ["## Ranking on held-out tasks", "",
@@ -526,6 +609,12 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
                   "two-level bootstrap over (seed × held-out task); env steps = the training budget "
                   "(`env_steps/lifetime`), evaluation steps apart; wall time includes the evaluations.", "",
                   ranking_markdown(held), ""]
+        if in_context:
+            parts += ["## In-context adaptation (trial memory)", "",
+                      "Trials with trial memory: at the last evaluation, the held-out return of the j-th episode "
+                      "within each step's phase (`eval/return_step_k_episode_j`: the state runs on from episode to "
+                      "episode of a sub-env's trial), mean ± std over seeds; `last − first` > 0 is adaptation in "
+                      "context.", "", in_context_markdown(in_context), ""]
         if asha_grace > 0:
             parts += ["## Would ASHA have kept this ranking?", "",
                       "The recorded results replayed through one ASHA per task family (held-out metric, clock in "
