@@ -5,8 +5,9 @@
     λ = r_max · exp(-exp(ν_log) + i·exp(θ_log)),   |λ| = r_max·exp(-exp(ν_log)) < r_max = 0.9999
     γ = exp(γ_log), initialised to sqrt(1 - |λ|²) (keeps the state's scale at init)
 
-All parameters are real (``B_re``, ``B_im``, ``C_re``, ``C_im``, ...); the complex product is written out in real
-arithmetic, so ``functional_call`` and second-order gradients work as for any real module. |λ| is stable by
+All parameters are real (``B_re``, ``B_im``, ``C_re``, ``C_im``, ...): the step mode writes the complex product out
+in real arithmetic, the parallel mode computes on complex views of real tensors, so ``functional_call`` and
+second-order gradients work as for any real module. |λ| is stable by
 construction for any ν_log (λ can only shrink towards 0; it can never reach 1). λ starts uniform on the ring
 r_min ≤ |λ| ≤ r_max_init with phases θ ~ U(0, max_phase).
 
@@ -49,7 +50,7 @@ R_MAX = 0.9999  # |λ| < R_MAX for every value of ν_log
 # complex tensors, ∂L/∂Re + i ∂L/∂Im), with g_t = dL/dhs_t the gradient arriving from outside:
 #     G_t = g_t + conj(λ) G_{t+1}   (the same scan, backwards in time, from G_T = 0)
 #     du_t = G_t,   dh0 = conj(λ) G_0,   dλ = Σ_{b,t} G_t conj(hs_{t-1})
-# ``reverse`` runs the scan from t = T-1 down to 0 (hs_T = h0): what the backward needs, and its backward is a
+# ``reverse`` runs hs_t = λ hs_{t+1} + u_t from t = T-1 down to 0 (hs_T = h0): what the backward needs, and its backward is a
 # forward scan again.
 
 
