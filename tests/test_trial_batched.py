@@ -5,7 +5,7 @@ masks (itself checked against a hand-written per-env reference in tests/test_tri
 1e-9 plus atol 1e-12, on trials sampled by ``sample_trial`` where one sub-env ends its episodes early by a
 different number of steps in each task (so the compaction, the cuts at every env's length and the padding across
 tasks are exercised); gru and lru, 1 and 2 inner steps, first and second order; then RL² inputs off, the LVC
-inner objective, RL² itself (no inner step), the mlp ablation and Discrete actions (bandit).
+inner objective, RL² itself (no inner step), the mlp ablation, Discrete actions (bandit) and the other backbones.
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ def test_batched_trial_meta_gradient_equals_the_loop(backbone, inner_steps, firs
         ("gru", 0, "navigation-2d", True, "vpg"),  # RL²: the query phase only
         ("mlp", 1, "navigation-2d", True, "vpg"),  # stateless: memory through the inputs only
         ("gru", 1, "bandit", True, "vpg"),  # Discrete actions (one-hot previous action), horizon 1
+        ("lstm", 1, "navigation-2d", True, "vpg"),  # the other backbones: dict state (lstm), windowed transformer
+        ("ssm", 1, "navigation-2d", True, "vpg"),
+        ("transformer", 1, "navigation-2d", True, "vpg"),
     ],
 )
 def test_batched_trial_meta_gradient_equals_the_loop_variants(backbone, inner_steps, name, trial_inputs, objective):
