@@ -1,6 +1,6 @@
 """One-knob ablation of MAML on HalfCheetahDir (H=100) at a fixed env-step budget, with held-out evaluation.
 
-Run (the full ablation: 19 variants x 2 seeds x 5 M env steps; hours per variant on a 2-core machine)::
+Run (the full ablation: 19 variants x 2 seeds x 5 M env steps; estimated 4-7 hours on one idle core)::
 
     .venv/bin/python benchmarks/ablate_hcdir.py                                  # everything, resumable
     .venv/bin/python benchmarks/ablate_hcdir.py --variants default,lvc --seeds 1 # a subset
@@ -52,8 +52,7 @@ VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("meta-batch-40", "meta_batch_size", "40", ("--meta-batch-size", "40")),
     ("episodes-20", "episodes_per_task", "20", ("--episodes-per-task", "20")),
     ("width-100", "width", "100", ("--width", "100")),
-    ("tanh-2x", "backbone_kwargs", '{"num_layers": 2, "activation": "tanh"}',
-     ("--backbone-kwargs", '{"num_layers": 2, "activation": "tanh"}')),
+    ("tanh", "activation (backbone_kwargs)", "tanh", ("--backbone-kwargs", '{"activation": "tanh"}')),
     ("inner-lr-0.05", "inner_lr", "0.05", ("--inner-lr", "0.05")),
     ("inner-lr-0.2", "inner_lr", "0.2", ("--inner-lr", "0.2")),
     ("no-adv-norm", "normalize_advantages", "False", ("--no-normalize-advantages",)),
