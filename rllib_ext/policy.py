@@ -125,25 +125,24 @@ class MetaPolicy:
         return self.net.trial_input(o, prev_a, prev_r, first), state
 
     def adapt(self, episodes: EpisodeBatch | Sequence[EpisodeBatch], *, lr: float | None = None,
-              steps: int | None = None, carry: TrialCarry | None = None, num_envs: int | None = None) -> list[float]:
+              steps: int = 1, carry: TrialCarry | None = None, num_envs: int | None = None) -> list[float]:
         """θ_{k+1} = θ_k - α ∇ L_inner(θ_k; support_k), kept by the policy; returns the inner losses.
 
-        ``episodes``: one batch, used at every one of the ``steps`` steps (default 1), or a list with one batch per
-        step (``steps``, if given, must equal its length). ``lr`` defaults to the checkpoint's ``inner_lr``.
+        ``episodes``: one batch, used at every one of the ``steps`` steps, or a list with one batch per step
+        (``steps`` must then equal its length). ``lr`` defaults to the checkpoint's ``inner_lr``.
 
-        Trial memory (``memory="trial"``): the batches are consecutive phases of ONE trial (one batch per step),
+        Trial memory (``memory="trial"``): the batches are consecutive phases of ONE trial (a list, one per step),
         replayed from ``carry``, the trial's carry at the first phase's start (None: a new trial), each phase's
         episodes ``num_envs`` sub-envs' trials (default: the carry's rows, else 1), with returns across the
         phase's episodes: ``metarl.trial.adapt_trial``, first order, as the runner adapts.
         """
-        seq = [episodes] * (1 if steps is None else steps) if isinstance(episodes, EpisodeBatch) else list(episodes)
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        seq = [episodes] * steps if isinstance(episodes, EpisodeBatch) else list(episodes)
+        if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"adapt(): steps = {steps!r} must be an integer >= 1")
-        if steps is not None and len(seq) != steps:
+        if len(seq) != steps:
             raise ValueError(f"adapt(): {len(seq)} episode batches given but steps = {steps}: pass one batch per step")
         if self.memory == "trial" and isinstance(episodes, EpisodeBatch) and len(seq) > 1:
             raise ValueError(f"adapt(): steps = {steps} with one batch: with trial memory pass one batch per phase")
-        steps = len(seq)
         lr = self.inner_lr if lr is None else float(lr)
         if self.memory == "trial":
             new, losses = self._adapt_trial(seq, lr=lr, carry=carry, num_envs=num_envs)
