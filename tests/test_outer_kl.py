@@ -243,3 +243,26 @@ def test_target_kl_stops_after_the_step_that_exceeds_it(ray_session):
 def test_kl_with_trial_memory_is_refused_before_ray_starts():
     with pytest.raises(ValueError, match="outer_kl_coeff = 0.1.*memory='episode'"):
         config(backbone="gru", memory="trial", outer_kl_coeff=0.1).validate_meta()
+
+
+@pytest.mark.timeout(300)
+def test_two_learners_measure_the_kl_of_all_tasks(ray_session):
+    """The KL is all-reduced (every Learner must stop at the same outer step): 2 Learners = 1 Learner."""
+
+    def run(num_learners: int):
+        cfg = (config(meta_batch_size=4, outer_steps=2, outer_kl_coeff=1.0, outer_target_kl=1e9)
+               .learners(num_learners=num_learners, num_cpus_per_learner=0.5 if num_learners else 1))
+        algo = cfg.build_algo()
+        try:
+            result = algo.train()
+            weights = algo.learner_group.get_weights()["default_policy"]
+        finally:
+            algo.stop()
+        return result["meta"], weights
+
+    one, w_one = run(0)
+    two, w_two = run(2)
+    assert one["outer_kl"] > 1e-8 and one["outer_steps_run"] == two["outer_steps_run"] == 2
+    assert two["outer_kl"] == pytest.approx(one["outer_kl"], rel=1e-9)
+    for name, w in w_one.items():
+        np.testing.assert_allclose(np.asarray(w_two[name]), np.asarray(w), rtol=1e-9, atol=1e-12, err_msg=name)
