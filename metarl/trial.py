@@ -121,11 +121,31 @@ def trial_inner_step(loss: torch.Tensor, params: Params, *, lr: float, first_ord
 def adapt_trial(net: PolicyNet, params: Params, support: Sequence[dict[str, torch.Tensor]], n: int, *, lr: float,
                 first_order: bool, objective: str = "vpg",
                 carry: TrialCarry | None = None) -> tuple[Params, TrialCarry, list[float]]:
-    """θ_{k+1} = θ_k - lr ∂L_k/∂θ_k over the support phases of one trial (each dict with its ``"advantages"``);
-    returns (θ_K, the carry at the end of the support phases, the inner losses)."""
+    """θ_{k+1} = θ_k - lr ∂L_k/∂θ_k over the support phases of one trial (each dict with its ``"advantages"``),
+    each phase run as sequences (``compact_phase``, ``sequence_log_prob``): what the runner (``sample_trial``, one
+    phase from the carry it sampled with) and ``MetaPolicy.adapt`` compute. Returns (θ_K, the carry at the end of
+    the support phases, a function of θ, the inner losses)."""
     check_lr(lr, names=params.keys())
     loss_fn = inner_objective(objective)
+    carry = (carry or TrialCarry()).filled(net, n)
+    state, prev_a, prev_r = carry.state, carry.prev_action, carry.prev_reward
     losses = []
+    for phase in support:
+        c, prev_a, prev_r = compact_phase(net, phase, n, prev_a, prev_r)
+        logp, state = sequence_log_prob(net, params, c, state, sequence_cuts(c["lengths"], c["mask"].shape[1]))
+        loss = loss_fn(logp, c["advantages"], c["mask"])
+        losses.append(float(loss.detach()))
+        params = trial_inner_step(loss, params, lr=lr, first_order=first_order)
+    return params, TrialCarry(state=state, prev_action=prev_a, prev_reward=prev_r), losses
+
+
+def adapt_trial_steps(net: PolicyNet, params: Params, support: Sequence[dict[str, torch.Tensor]], n: int, *,
+                      lr: float, first_order: bool, objective: str = "vpg") -> tuple[Params, TrialCarry, list[float]]:
+    """``adapt_trial`` from a new trial, every phase replayed one step at a time through the layout with masks
+    (``phase_log_prob``): the reference loop's (``trial_meta_gradient_loop``)."""
+    check_lr(lr, names=params.keys())
+    loss_fn = inner_objective(objective)
+    carry, losses = None, []
     for phase in support:
         logp, carry = phase_log_prob(net, params, phase, n, carry)
         loss = loss_fn(logp, phase["advantages"], phase["mask"])
@@ -139,11 +159,12 @@ def trial_meta_gradient_loop(net: PolicyNet, params: Params, tasks: Sequence[Pre
                              objective: str = "vpg") -> tuple[float, float]:
     """``metarl.rl.meta_gradient_loop`` for trial memory: per task, θ_K and the carried state from the support
     phases (differentiable w.r.t. θ), the query phase replayed from that state with θ_K, the clipped surrogate,
-    one backward into ``params``' ``.grad``. Returns (mean outer loss, max |Δlogp| on real query steps)."""
+    one backward into ``params``' ``.grad``; every phase one step at a time (``phase_log_prob``): the reference of
+    ``metarl.meta_batch.trial_meta_gradient_batched``. Returns (mean outer loss, max |Δlogp| on real query steps)."""
     total, max_dlogp = 0.0, 0.0
     for task in tasks:
-        adapted, carry, _ = adapt_trial(net, params, task.support, num_envs, lr=inner_lr, first_order=first_order,
-                                        objective=objective)
+        adapted, carry, _ = adapt_trial_steps(net, params, task.support, num_envs, lr=inner_lr,
+                                              first_order=first_order, objective=objective)
         q = task.query
         logp, _ = phase_log_prob(net, adapted, q, num_envs, carry)
         loss = clipped_surrogate_loss(logp, q["logp"], q["advantages"], q["mask"], clip=clip)
@@ -263,7 +284,6 @@ def sample_trial(envs: Sequence[gym.Env], net: PolicyNet, *, inner_steps: int, n
     params = {k: p.detach() for k, p in net.named_parameters()}
     p0 = next(net.parameters())
     carry, batches, adapted, losses = TrialCarry(), [], [], []
-    loss_fn = inner_objective(objective)
     for k in range(inner_steps + 1):
         start = copied(carry)
         batch = sample_episodes(envs, net, params, num_episodes=num_episodes, seed=derive_seed(seed, k),
@@ -274,13 +294,11 @@ def sample_trial(envs: Sequence[gym.Env], net: PolicyNet, *, inner_steps: int, n
         t = batch.tensors(p0.dtype, p0.device)
         t["advantages"] = phase_advantages(t, len(envs), gamma=gamma, normalize=normalize_advantages,
                                            trial_returns=trial_returns)
-        start = start.filled(net, len(envs))
-        c, _, _ = compact_phase(net, t, len(envs), start.prev_action, start.prev_reward)
-        with torch.enable_grad():  # ∂L_k/∂θ_k from the phase's starting carry, the phase run as sequences
+        with torch.enable_grad():  # ∂L_k/∂θ_k from the phase's starting carry
             p = {name: v.detach().requires_grad_() for name, v in params.items()}
-            logp, _ = sequence_log_prob(net, p, c, start.state, sequence_cuts(c["lengths"], c["mask"].shape[1]))
-            loss = loss_fn(logp, c["advantages"], c["mask"])
-            params = {name: v.detach() for name, v in trial_inner_step(loss, p, lr=lr, first_order=True).items()}
-        losses.append(float(loss.detach()))
+            new, _, loss = adapt_trial(net, p, [t], len(envs), lr=lr, first_order=True, objective=objective,
+                                       carry=start)
+        params = {name: v.detach() for name, v in new.items()}
+        losses += loss
         adapted.append(params)
     return batches, adapted, losses
