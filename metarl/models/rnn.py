@@ -312,6 +312,15 @@ class GRUBackbone(_RNNBackbone):
         hs = gru_sequence(self._input_gates(x), h, self.rnn.weight_hh_l0, self.rnn.bias_hh_l0)  # (B, T, H)
         return self.head(hs), hs[:, -1]
 
+    def _sequence_cells(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cell path's sequence through autograd op by op (what ``_sequence`` ran before; the tests' reference)."""
+        gx = self._input_gates(x)  # (B, T, 3H)
+        hs = []
+        for gx_t in gx.unbind(dim=1):  # not gx[:, t]: each slice's backward fills a full (B, T, 3H) zero
+            h = self._cell(gx_t, h)
+            hs.append(h)
+        return self.head(stack_steps(hs)), h
+
     def _step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fused_for(x):
             return super()._step(x, h)
