@@ -281,7 +281,7 @@ def meta_gradient_loop(
     return total / max(len(tasks), 1), max_dlogp
 
 
-# --- ProMP's KL term on the outer step -----------------------------------------------------------------------------
+# --- a KL term on the outer step (ProMP) -----------------------------------------------------------------------------
 
 #: dist_fn(params, obs (E,T,D)) -> the action-distribution inputs (E, T, ·): [μ, log σ] (Gaussian) or logits
 DistFn = Callable[[dict, torch.Tensor], torch.Tensor]
@@ -323,7 +323,7 @@ def query_kls(
     first_order: bool = False,
     objective: str = "vpg",
 ) -> torch.Tensor:
-    """ProMP's KL term of the outer objective, per task: KL̄_i(θ) = mean_t KL(π_θ'_old(·|s_t) ‖ π_θ'_i(θ)(·|s_t))
+    """The KL term of the outer objective, per task: KL̄_i(θ) = mean_t KL(π_θ'_old(·|s_t) ‖ π_θ'_i(θ)(·|s_t))
     over the real steps of task i's query episodes. (n,)
 
     θ'_i(θ) = ``adapt_policy`` on the task's support episodes (differentiable to second order unless

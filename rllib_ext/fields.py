@@ -139,9 +139,10 @@ FIELDS: tuple[Field, ...] = (
           none="on with memory='trial'"),
     _meta("outer_steps", int, 5, "Adam steps on the clipped surrogate per meta-iteration", lo=1),
     _meta("clip_param", float, 0.3, "ProMP surrogate clip ε", lo=0, hi=1, lo_open=True, hi_open=True),
-    _meta("outer_kl_coeff", float, 0.0, "coefficient of ProMP's KL term on the outer step: the outer loss adds "
+    _meta("outer_kl_coeff", float, 0.0, "coefficient of a KL penalty on the outer step: the outer loss adds "
           "outer_kl_coeff · KL(π_θ'_old ‖ π_θ') of the post-update policy on the query episodes (mean over steps "
-          "and tasks; θ'_old: before the meta-update's first step); 0 = off", lo=0),
+          "and tasks; θ'_old: before the meta-update's first step; MAML-TRPO's trust-region quantity, where ProMP's "
+          "penalty takes the pre-update policy); 0 = off", lo=0),
     _meta("outer_target_kl", float, None, "trust region by early stopping: the meta-update skips its remaining "
           "outer steps once the mean KL(π_θ'_old ‖ π_θ') on the query exceeds it (the step that crossed it is kept; "
           "meta/outer_steps_run counts the steps taken)", lo=0, lo_open=True, none="off"),

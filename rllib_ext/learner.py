@@ -107,7 +107,7 @@ class MAMLLearner(TorchLearner):
     def meta_update(self, task_results: Sequence[TaskResult], *, num_tasks_total: int) -> dict:
         """``outer_steps`` Adam steps on the meta-objective of this Learner's shard of tasks.
 
-        With ``outer_kl_coeff`` > 0 the objective adds ProMP's coeff · KL(π_θ'_old ‖ π_θ') of the query policy;
+        With ``outer_kl_coeff`` > 0 the objective adds coeff · KL(π_θ'_old ‖ π_θ') of the post-update (query) policy;
         with ``outer_target_kl`` the remaining steps are skipped once that KL (mean over all tasks) exceeds it
         (the step that crossed it is kept). Logs ``outer_kl`` (after the last step taken) and ``outer_steps_run``.
         """
