@@ -143,6 +143,19 @@ def test_nan_loss_stops_with_iteration_and_component_and_keeps_checkpoint(tmp_pa
     assert [r["iteration"] for r in records(out)] == [1]
 
 
+@pytest.mark.timeout(240)
+def test_held_out_evaluations_land_in_the_records_of_the_iterations_that_ran_them(tmp_path):
+    out = tmp_path / "run"
+    run_loop.run(tiny_args(out, 3, "--eval-every", "5", "--eval-tasks", "2"), echo=lambda s: None)
+    recs = records(out)
+    evaluated = [r["iteration"] for r in recs if "eval/return_step_1" in r]
+    assert evaluated == [1, 3]  # the first and the last (budget_iterations = --iterations), not iteration 2
+    assert all(r["eval/fresh"] == 1.0 and {"eval/task_return/0", "eval/task_return/1"} <= set(r)
+               for r in recs if r["iteration"] in evaluated)
+    assert recs[2]["eval/return_step_1"] == pytest.approx(
+        (recs[2]["eval/task_return/0"] + recs[2]["eval/task_return/1"]) / 2)
+
+
 def test_check_finite_table():
     ok = {"iteration": 1, "adapt/return_step_0": -3.0, "meta/outer_loss": 0.1, "time/meta_update_s": 2.0}
     records_mod.check_finite(ok, 1)

@@ -7,6 +7,7 @@ Logged metrics (record keys; glossary):
     meta/outer_loss       ProMP clipped surrogate of the adapted policy at the first outer step
     meta/logp_mismatch    max |log π recomputed by the Learner - log π recorded by the sampler| (≈0 when consistent)
     inner/loss            VPG loss of the inner steps;  env_steps/*  sampled steps;  time/*  seconds
+    eval/return_step_k    held-out evaluation (--eval-every), only in the records of iterations that ran one
     task_params           the meta-batch's tasks as arrays (Task.as_array()), to check resumed runs
 """
 
@@ -24,7 +25,7 @@ from metarl.apps.provenance import json_safe
 from metarl.apps.run_folder import RESULTS
 
 #: result sections copied into the records (the rest of RLlib's result dict is bookkeeping)
-SECTIONS = ("adapt", "meta", "inner", "env_steps", "time", "tasks")
+SECTIONS = ("adapt", "meta", "inner", "env_steps", "time", "tasks", "eval")
 #: sections whose non-finite values stop the run (component named in the error)
 CHECKED = {"adapt": "EnvRunner returns", "inner": "EnvRunner inner step", "meta": "Learner meta-update"}
 
@@ -33,8 +34,8 @@ def flatten(result: dict, prefix: str = "") -> dict:
     """Nested RLlib result -> {"adapt/return_step_0": float, ...} (numeric leaves of ``SECTIONS`` only)."""
     out = {}
     for k, v in result.items():
-        if not prefix and k not in SECTIONS:
-            continue
+        if not prefix and (k not in SECTIONS or (k == "eval" and not v.get("fresh"))):
+            continue  # an evaluation carried forward from an earlier iteration is that iteration's record
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "/"))
