@@ -1,6 +1,6 @@
 """What a trial-memory MAML iteration costs next to an episode-memory one of the same config (issue 14's target).
 
-Run (about 15-30 minutes on one loaded core at the default size)::
+Run (``--modes episode,trial``: ~10 minutes on a loaded core; the per-task loop adds ~5-20 minutes)::
 
     .venv/bin/python benchmarks/trial_time.py                                  # HalfCheetahDir, 20 x 20, gru 64
     .venv/bin/python benchmarks/trial_time.py --modes episode,trial --iterations 3
@@ -14,7 +14,9 @@ mode, in alternating order, so all modes see the same machine state; the first r
 seconds of the main thread (``time.thread_time``, robust to other processes on a shared machine), wall seconds in
 brackets; medians over the rounds. "sample" is the iteration minus the Learner's meta-update (sampling, the
 runner's inner steps, the driver's bookkeeping). The last column is the iteration relative to episode memory's:
-issue 14 asks <= 1.3 for ``trial``. Results to expect: see BENCHMARKS.md ("Trial memory: iteration cost").
+issue 14 asks <= 1.3 for ``trial``. Results to expect (2-core container under load, CPU seconds): episode
+~10.6 s per iteration, ``trial`` ~1.1x that, ``trial loop`` ~5x; the tables are in BENCHMARKS.md ("Trial memory:
+iteration cost").
 
 Debug in-process: every phase runs in the driver, so ``python -m pdb benchmarks/trial_time.py`` stops anywhere.
 """
