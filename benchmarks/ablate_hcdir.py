@@ -63,8 +63,12 @@ VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 BY_NAME = {v[0]: v for v in VARIANTS}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, *, by_name: dict | None = None, doc: str = "",
+               defaults: dict | None = None) -> argparse.Namespace:
+    """The flags; ``by_name`` (default: this file's ``BY_NAME``) is the variant table, ``defaults`` overrides the
+    flags' defaults (another benchmark's root, results, task, ...)."""
+    by_name = BY_NAME if by_name is None else by_name
+    p = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
     p.add_argument("--variants", default="all", help="comma-separated names of VARIANTS, or 'all' (default: all)")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default: 2)")
     p.add_argument("--budget", type=int, default=5_000_000, help="training env steps per run (default: 5000000)")
@@ -76,15 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-args", default="--num-env-runners auto",
                    help="more flags of every `metarl train` run, e.g. resources (default: --num-env-runners auto)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    p.set_defaults(**(defaults or {}))
     args = p.parse_args(argv)
-    names = list(BY_NAME) if args.variants == "all" else args.variants.split(",")
-    unknown = [n for n in names if n not in BY_NAME]
+    names = list(by_name) if args.variants == "all" else args.variants.split(",")
+    unknown = [n for n in names if n not in by_name]
     if unknown:
-        p.error(f"--variants: unknown {unknown}; allowed: {list(BY_NAME)} or 'all'")
+        p.error(f"--variants: unknown {unknown}; allowed: {list(by_name)} or 'all'")
     for flag in ("seeds", "budget", "eval_tasks", "eval_episodes"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} = {getattr(args, flag)} is invalid: an integer >= 1")
-    args.names = names
+    args.names, args.by_name = names, by_name
     return args
 
 
@@ -103,7 +108,7 @@ def train_config(flags: list[str]):
 
 def plan_run(args, name: str, seed: int) -> dict:
     """The command of one (variant, seed) and its iteration count for the env-step budget."""
-    flags = ["--task", args.task, *BY_NAME[name][3], *shlex.split(args.train_args)]
+    flags = ["--task", args.task, *args.by_name[name][3], *shlex.split(args.train_args)]
     cfg = train_config(flags)
     horizon = cfg.horizon or tasks.horizon(cfg.task)
     per_iter = cfg.meta_batch_size * cfg.episodes_per_task * (cfg.inner_steps + 1) * horizon
@@ -128,10 +133,15 @@ def read_run(out: str) -> dict | None:
 
 
 def read_heldout(path: str) -> dict:
-    """Per held-out task, the mean return before and after one inner step (``metarl evaluate``'s JSON)."""
-    per_task = json.loads(Path(path).read_text(encoding="utf-8"))["per_task"]
-    return {"task_returns_step_0": [sum(t["returns"][0]) / len(t["returns"][0]) for t in per_task],
-            "task_returns": [sum(t["returns"][1]) / len(t["returns"][1]) for t in per_task]}
+    """Per held-out task, the mean return before and after one inner step (``metarl evaluate``'s JSON); with
+    trial memory also the return of episode j within each phase (``return_per_episode`` per step)."""
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    per_task = result["per_task"]
+    out = {"task_returns_step_0": [sum(t["returns"][0]) / len(t["returns"][0]) for t in per_task],
+           "task_returns": [sum(t["returns"][1]) / len(t["returns"][1]) for t in per_task]}
+    if any("return_per_episode" in s for s in result.get("steps", [])):
+        out["return_per_episode"] = [s.get("return_per_episode") for s in result["steps"]]
+    return out
 
 
 def _timed(cmd: list[str]) -> float:
@@ -154,10 +164,11 @@ def run_one(plan: dict, entry: dict) -> dict:
     return {**entry, **got, **read_heldout(plan["heldout"]), "wall_s": wall, "done": True}
 
 
-def summarize(name: str, runs: dict) -> dict:
+def summarize(name: str, runs: dict, by_name: dict | None = None) -> dict:
     """Held-out return after one step over seeds x tasks: mean and 95% two-level bootstrap interval."""
+    variant = (BY_NAME if by_name is None else by_name)[name]
     table = [r["task_returns"] for r in runs.values() if r.get("done") and r.get("task_returns")]
-    row = {"knob": BY_NAME[name][1], "value": BY_NAME[name][2], "seeds_done": len(table),
+    row = {"knob": variant[1], "value": variant[2], "seeds_done": len(table),
            "env_steps": max((r.get("env_steps", 0) for r in runs.values()), default=0),
            "wall_s": sum(r.get("wall_s", 0.0) for r in runs.values())}
     if table and len({len(t) for t in table}) == 1:
@@ -180,8 +191,9 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **table) -> int:
+    """Run (or continue) every (variant, seed) of ``parse_args(argv, **table)``; write the JSON after each."""
+    args = parse_args(argv, **table)
     path = Path(args.results)
     data = load(path)
     data.update(task=args.task, budget_env_steps=args.budget, eval_tasks=args.eval_tasks,
@@ -197,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = data["runs"].setdefault(name, {})
             shown = {k: shlex.join(["python", *plan[k][1:]]) for k in ("cmd", "eval_cmd")}  # no machine's path
             runs[str(seed)] = run_one(plan, {**runs.get(str(seed), {}), **shown})
-            data["summary"] = {n: summarize(n, data["runs"][n]) for n in data["runs"]}
+            data["summary"] = {n: summarize(n, data["runs"][n], args.by_name) for n in data["runs"]
+                               if n in args.by_name}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data, indent=1), encoding="utf-8")  # after every run: resumable
     if not args.dry_run:

@@ -69,3 +69,19 @@ def test_tiny_ablation_runs_resumes_and_reports(tmp_path, capsys):
     run = json.loads((tmp_path / "ablation.json").read_text())["runs"]["default"]["0"]
     assert run["iterations"] == 3 and run["env_steps"] == 3 * 160
     assert (tmp_path / "runs" / "default" / "seed0" / "heldout_3.json").exists()
+
+
+def test_trial_memory_bench_plans_equal_env_steps_for_every_method(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("trial_memory_bench", ROOT / "benchmarks" / "trial_memory_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--task", "navigation-2d", "--budget", "5000000", "--root", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "t.json"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # 20 tasks x 20 episodes x H 100: 2 phases (one inner step) = 80,000 env steps, 1 phase (RL², multitask) 40,000
+    for name in ("maml-mlp", "maml-gru", "maml-trial-gru", "maml-trial-lru"):
+        assert f"{name} seed 1: 63 iterations x 80,000 env steps" in out
+    for name in ("rl2-gru", "rl2-lru", "multitask-mlp"):
+        assert f"{name} seed 1: 125 iterations x 40,000 env steps" in out
+    assert out.count("--memory trial") == 8 and out.count("--inner-steps 0") == 6  # x 2 seeds
+    assert "--episodes-per-task 20 --num-envs-per-runner 10" in out and not (tmp_path / "t.json").exists()

@@ -1,0 +1,113 @@
+"""Trial memory at equal env steps: gradient-only MAML, MAML + trial memory, RL² and multitask, held out.
+
+Run (resumable; each (variant, seed) is a ``metarl train`` run, then ``metarl evaluate`` on held-out tasks)::
+
+    .venv/bin/python benchmarks/trial_memory_bench.py --task navigation-2d --budget 5000000
+    .venv/bin/python benchmarks/trial_memory_bench.py --task halfcheetah-dir --budget 10000000 --eval-tasks 2
+    .venv/bin/python benchmarks/trial_memory_bench.py --task navigation-2d --dry-run   # the plan and commands
+
+Every run: 20 tasks x 20 episodes per phase on 10 sub-envs (2 episodes per sub-env per phase, so trial memory
+has episodes to carry its state across), width 64, one inner step for the MAML variants, the same env-step budget
+for every variant (iterations = budget / env steps per iteration: RL² and multitask sample one phase per task,
+so they run twice the iterations), 2 seeds, a held-out evaluation every 10 iterations inside the run (the curve)
+and ``metarl evaluate`` at the end (before and after one inner step; with trial memory also the return of each
+episode within a phase). Writes ``docs/results/trial_memory_<task>.json``, ``..._curve.png`` (held-out return
+after one step vs env steps, mean over seeds) and prints the table. The machinery (plan, resume, bootstrap
+intervals) is ``benchmarks/ablate_hcdir.py``'s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("ablate_hcdir", HERE / "ablate_hcdir.py")
+ablate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablate)
+
+#: (name, method, backbone + memory, flags) on top of TRAIN_ARGS
+VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("maml-mlp", "maml (gradient only)", "mlp", ("--backbone", "mlp")),
+    ("maml-gru", "maml (gradient only)", "gru", ("--backbone", "gru")),
+    ("maml-trial-gru", "maml + trial memory", "gru", ("--backbone", "gru", "--memory", "trial")),
+    ("maml-trial-lru", "maml + trial memory", "lru", ("--backbone", "lru", "--memory", "trial")),
+    ("rl2-gru", "rl2 (in context only)", "gru", ("--backbone", "gru", "--memory", "trial", "--inner-steps", "0")),
+    ("rl2-lru", "rl2 (in context only)", "lru", ("--backbone", "lru", "--memory", "trial", "--inner-steps", "0")),
+    ("multitask-mlp", "multitask (no inner step)", "mlp", ("--backbone", "mlp", "--inner-steps", "0")),
+)
+BY_NAME = {v[0]: v for v in VARIANTS}
+#: every run's shared flags: 2 episodes per sub-env per phase, one process (one core) per run
+TRAIN_ARGS = ("--meta-batch-size 20 --episodes-per-task 20 --num-envs-per-runner 10 --width 64 "
+              "--num-env-runners 0 --eval-every 10")
+
+
+def defaults(argv: list[str] | None) -> dict:
+    """Root and results named by the task (the task flag read ahead of the full parse)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    task = argv[argv.index("--task") + 1] if "--task" in argv[:-1] else "navigation-2d"
+    return {"task": task, "budget": 5_000_000, "eval_tasks": 40, "eval_episodes": 20, "train_args": TRAIN_ARGS,
+            "root": f"runs/trial-memory/{task}", "results": f"docs/results/trial_memory_{task}.json"}
+
+
+def curve(out: str) -> tuple[list[float], list[float]]:
+    """(env steps, held-out return after one step) of a run's evaluations inside training."""
+    path = Path(out) / "results.json"
+    records = json.loads(path.read_text(encoding="utf-8"))["records"] if path.exists() else []
+    pts = [(r["env_steps/lifetime"], r["eval/return_step_1"]) for r in records if "eval/return_step_1" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot(data: dict, root: str, path: Path) -> None:
+    """Held-out return after one inner step vs training env steps, one line per variant (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, runs in data["runs"].items():
+        curves = [curve(str(Path(root) / name / f"seed{seed}")) for seed in runs]
+        n = min((len(x) for x, _ in curves), default=0)
+        if n:
+            ax.plot(curves[0][0][:n], np.mean([y[:n] for _, y in curves], axis=0), label=f"{name} ({len(curves)})")
+    ax.set(xlabel="training env steps", ylabel="held-out return after 1 step", title=data["task"])
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def in_context_table(data: dict) -> str:
+    """Return of episode j within the query phase (after one step), mean over seeds, trial-memory variants."""
+    rows = []
+    for name, runs in data["runs"].items():
+        eps = [r["return_per_episode"][-1] for r in runs.values() if r.get("return_per_episode")]
+        if eps:
+            rows.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in np.mean(eps, axis=0)) + " |")
+    if not rows:
+        return ""
+    q = rows[0].count("|") - 2
+    head = "| variant | " + " | ".join(f"query episode {j + 1}" for j in range(q)) + " |"
+    return "\n".join([head, "|---|" + "---:|" * q, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    table = {"by_name": BY_NAME, "doc": __doc__, "defaults": defaults(argv)}
+    code = ablate.main(argv, **table)
+    args = ablate.parse_args(argv, **table)
+    results = Path(args.results)
+    if args.dry_run or not results.exists():
+        return code
+    data = json.loads(results.read_text(encoding="utf-8"))
+    plot(data, args.root, results.with_name(results.stem + "_curve.png"))
+    print(in_context_table(data))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
