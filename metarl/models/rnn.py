@@ -67,13 +67,17 @@ def _gru_forward(gx, h0, w_hh, b_hh):
     """h_1..h_T (n, B, T, H) for n stacked GRUs: gx (n, B, T, 3H) input gates (with b_ih), h0 (n, B, H),
     w_hh (n, 3H, H), b_hh (n, 3H); the same equations as ``GRUBackbone._cell``."""
     H = h0.shape[-1]
-    w_t, bias = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
+    w_t = w_hh.transpose(1, 2)
+    gx_rz, gx_n = gx.split([2 * H, H], -1)
+    # what does not depend on the carry, for all steps at once, time-major: the r, z pre-activations' input part
+    # with b_hh's r, z part, and b_hn; one baddbmm per step then gives [r, z pre-activations, W_hn h + b_hn]
+    bias = torch.cat([gx_rz + b_hh[:, None, None, : 2 * H], b_hh[:, None, None, 2 * H :].expand_as(gx_n)], -1)
     h, hs = h0, []
-    for gx_t in gx.unbind(2):
-        gh = torch.baddbmm(bias, h, w_t)  # (n, B, 3H)
-        r, z = torch.sigmoid(gx_t[..., : 2 * H] + gh[..., : 2 * H]).chunk(2, dim=-1)
-        n = torch.tanh(torch.addcmul(gx_t[..., 2 * H :], r, gh[..., 2 * H :]))
-        h = torch.lerp(n, h, z)
+    for bias_t, gx_n_t in zip(bias.transpose(1, 2).contiguous().unbind(1), gx_n.transpose(1, 2).contiguous().unbind(1)):
+        gh = torch.baddbmm(bias_t, h, w_t)  # (n, B, 3H)
+        rz = gh[..., : 2 * H].sigmoid_()  # in place: a Function's forward is not recorded
+        n = torch.addcmul(gx_n_t, rz[..., :H], gh[..., 2 * H :]).tanh_()
+        h = torch.lerp(n, h, rz[..., H:])
         hs.append(h)
     return torch.stack(hs, 2)
 
@@ -83,24 +87,25 @@ def _gru_backward(gx, h0, w_hh, b_hh, hs, dhs):
     n_, B, T, H = hs.shape
     h_prev = torch.cat([h0.unsqueeze(2), hs[:, :, :-1]], 2)  # (n, B, T, H)
     gh = torch.baddbmm(b_hh.unsqueeze(1), h_prev.reshape(n_, B * T, H), w_hh.transpose(1, 2)).view(n_, B, T, 3 * H)
-    r, z = torch.sigmoid(gx[..., : 2 * H] + gh[..., : 2 * H]).chunk(2, dim=-1)
-    n = torch.tanh(torch.addcmul(gx[..., 2 * H :], r, gh[..., 2 * H :]))
+    (gx_rz, gx_n), (gh_rz, gh_n) = gx.split([2 * H, H], -1), gh.split([2 * H, H], -1)  # split: one cat backward
+    r, z = torch.sigmoid(gx_rz + gh_rz).chunk(2, dim=-1)
+    n = torch.tanh(torch.addcmul(gx_n, r, gh_n))
     a_n = (1 - z) * (1 - n * n)
-    a_r = a_n * gh[..., 2 * H :] * r * (1 - r)
-    a_z = (h_prev - n) * z * (1 - z)
-    a_gh = torch.stack([a_r, a_z, a_n * r], dim=3)  # (n, B, T, 3, H)
-    carry = torch.zeros_like(h0)
-    dh_steps = []
-    for a_t, z_t, dhs_t in zip(a_gh.unbind(2)[::-1], z.unbind(2)[::-1], dhs.unbind(2)[::-1]):
-        dh = dhs_t + carry
-        dgh = (dh.unsqueeze(2) * a_t).reshape(n_, B, 3 * H)
-        carry = torch.baddbmm(dh * z_t, dgh, w_hh)
+    a_gh = torch.stack([a_n * gh_n * r * (1 - r), (h_prev - n) * z * (1 - z), a_n * r], dim=3)  # (n, B, T, 3, H)
+    # dh_{t-1} = dhs_{t-1} + dh_t ⊙ z_t + d(W_hh h + b_hh)_t W_hh: the carry enters step t holding dhs_{t-1}
+    dhs_steps = dhs.unbind(2)
+    prev = (torch.zeros_like(h0), *dhs_steps[:-1])  # dhs_{t-1}; no dhs at h0
+    dh, dh_steps = dhs_steps[-1], []  # dh: the total gradient at h_t in step t, at h0 after the loop
+    for a_t, z_t, prev_t in zip(a_gh.unbind(2)[::-1], z.unbind(2)[::-1], prev[::-1]):
         dh_steps.append(dh)
+        dgh = (a_t * dh.unsqueeze(2)).reshape(n_, B, 3 * H)
+        dh = torch.baddbmm(torch.addcmul(prev_t, dh, z_t), dgh, w_hh)
     D = stack_steps(dh_steps[::-1], 2).unsqueeze(3)  # (n, B, T, 1, H)
-    dgx = (D * torch.stack([a_r, a_z, a_n], dim=3)).reshape(n_, B, T, 3 * H)
-    dgh_all = (D * a_gh).reshape(n_, B * T, 3 * H)
+    dgh5 = D * a_gh  # (n, B, T, 3, H)
+    dgx = torch.cat([dgh5[:, :, :, :2], D * a_n.unsqueeze(3)], 3).reshape(n_, B, T, 3 * H)
+    dgh_all = dgh5.reshape(n_, B * T, 3 * H)
     dw = dgh_all.transpose(1, 2) @ h_prev.reshape(n_, B * T, H)
-    return dgx, carry, dw, dgh_all.sum(1)
+    return dgx, dh, dw, dgh_all.sum(1)
 
 
 class _GRUBatched(torch.autograd.Function):
@@ -322,8 +327,10 @@ class GRUBackbone(_RNNBackbone):
         return self.head(stack_steps(hs)), h
 
     def _step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.fused_for(x):
-            return super()._step(x, h)
+        if self.fused_for(x):  # the sampler's per-step path: nn.GRU's own cell kernel, without its sequence overhead
+            rnn = self.rnn
+            h = torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            return self.head(h), h
         h = self._cell(self._input_gates(x), h)
         return self.head(h), h
 
