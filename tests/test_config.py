@@ -146,6 +146,7 @@ BAD_FLAGS = [  # (extra argv of `metarl train`, what stderr must name)
     (["--num-cpus", "0"], "--num-cpus = 0"),
     (["--iterations", "0"], "--iterations = 0"),
     (["--checkpoint-every", "0"], "--checkpoint-every = 0"),
+    (["--torch-threads", "0"], "--torch-threads = 0"),
     (["--horizon", "0"], "horizon = 0"),
     (["--horizon", "1000000000000"], "horizon = 1000000000000"),
     (["--meta-batch-size", "10000000000"], "meta_batch_size = 10000000000"),

@@ -156,6 +156,19 @@ def test_held_out_evaluations_land_in_the_records_of_the_iterations_that_ran_the
         (recs[2]["eval/task_return/0"] + recs[2]["eval/task_return/1"]) / 2)
 
 
+@pytest.mark.timeout(240)
+def test_the_driver_runs_on_the_torch_threads_asked_for(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            run_loop.run(tiny_args(tmp_path / f"t{threads}", 1, "--torch-threads", str(threads)), echo=lambda s: None)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_check_finite_table():
     ok = {"iteration": 1, "adapt/return_step_0": -3.0, "meta/outer_loss": 0.1, "time/meta_update_s": 2.0}
     records_mod.check_finite(ok, 1)

@@ -100,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/mujoco", help="run folder, or a URI such as s3://bucket/run, file:///x (default: runs/mujoco)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest")
     run.add_argument("--checkpoint-every", type=int, default=20, help="checkpoint every N iterations and at the end (default: 20)")
+    run.add_argument("--torch-threads", type=int, default=1,
+                     help="torch threads of this process (it samples and learns when runners/Learners are 0); more "
+                          "than 1 pays only for large matrices on idle cores, and costs up to 10x on busy ones "
+                          "(default: 1; remote runners and Learners always use 1)")
     run.add_argument("--preset", choices=sorted(PRESETS), default="default",
                      help="a set of field values applied first; flags given explicitly win: 'paper' = the published "
                           "MAML/ProMP configuration (40 tasks x 20 episodes, MLP 2 x 100 tanh, LVC, ...), 'default' "
@@ -113,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def check_run_flags(args: argparse.Namespace) -> None:
     """ValueError naming the flag, the value and what is allowed (the config flags are the config's to check)."""
-    for flag in ("iterations", "checkpoint_every"):
+    for flag in ("iterations", "checkpoint_every", "torch_threads"):
         v = getattr(args, flag)
         if v < 1:
             raise ValueError(f"--{flag.replace('_', '-')} = {v} is invalid: an integer >= 1")

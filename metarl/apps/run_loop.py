@@ -96,6 +96,9 @@ def _train(args, plan: dict, echo: Callable[[str], None]) -> dict:
 
     clean_partial(run_dir)
 
+    import torch
+
+    torch.set_num_threads(args.torch_threads)  # the driver's own sampling/learning (Ray's workers use one thread)
     started_ray = init_ray_for_run(args)
     old_term = _terminate_as_exit()
     algo = writer = None
