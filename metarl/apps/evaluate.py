@@ -212,6 +212,9 @@ def check_out_path(out: str | None) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(1)  # small per-step matrices: one thread, as `metarl train --torch-threads` defaults to
     try:
         check_out_path(args.out)
         result = evaluate(args.checkpoint, adapt_steps=args.adapt_steps, episodes=args.episodes,
