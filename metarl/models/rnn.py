@@ -55,10 +55,8 @@ class _RNNBackbone(Backbone):
 # --- the GRU's time loop with a hand-written backward (the meta-gradient's path) ------------------------------------
 # The sequence h_1..h_T as one autograd node. Its backward is written in plain differentiable ops, so it can be
 # differentiated again (second-order MAML) and vmapped: everything that does not need the recurrence is computed
-# for all steps at once (the gate derivatives, the weight gradients as one matmul over B·T rows), leaving 3 ops
-# per step in the backward loop instead of autograd's per-op nodes and a weight-gradient matmul per step. The
-# forward returns its gates (r, z, n, W_hn h + b_hn) as extra outputs, so the backward reads them instead of
-# recomputing them; in a second-order pass their gradients come back into the backward (``_gate_injections``). Under
+# for all steps at once (the gates from h_{t-1}, the weight gradients as one matmul over B·T rows), leaving 3 ops
+# per step in the backward loop instead of autograd's per-op nodes and a weight-gradient matmul per step. Under
 # torch.vmap (the batched meta-gradient) the task axis goes into batched matmuls (``_GRU.vmap``). With
 # a_n = (1-z)(1-n²), a_r = a_n·(W_hn h + b_hn)·r(1-r), a_z = (h_{t-1} - n)·z(1-z) and dh_t the total gradient at h_t:
 #     d(pre-activations of r, z, n)_t = dh_t ⊙ [a_r, a_z, a_n],   d(W_hh h + b_hh)_t = dh_t ⊙ [a_r, a_z, a_n ⊙ r]
@@ -66,43 +64,37 @@ class _RNNBackbone(Backbone):
 
 
 def _gru_forward(gx, h0, w_hh, b_hh):
-    """(h_1..h_T, [r, z]_t, n_t, (W_hn h_{t-1} + b_hn)_t) for n stacked GRUs, each (n, B, T, H) ([r, z]: 2H):
-    gx (n, B, T, 3H) input gates (with b_ih), h0 (n, B, H), w_hh (n, 3H, H), b_hh (n, 3H); the same equations as
-    ``GRUBackbone._cell``. The gates are outputs so that the backward reads them instead of recomputing them."""
+    """h_1..h_T (n, B, T, H) for n stacked GRUs: gx (n, B, T, 3H) input gates (with b_ih), h0 (n, B, H),
+    w_hh (n, 3H, H), b_hh (n, 3H); the same equations as ``GRUBackbone._cell``."""
     H = h0.shape[-1]
     w_t = w_hh.transpose(1, 2)
     gx_rz, gx_n = gx.split([2 * H, H], -1)
     # what does not depend on the carry, for all steps at once, time-major: the r, z pre-activations' input part
     # with b_hh's r, z part, and b_hn; one baddbmm per step then gives [r, z pre-activations, W_hn h + b_hn]
     bias = torch.cat([gx_rz + b_hh[:, None, None, : 2 * H], b_hh[:, None, None, 2 * H :].expand_as(gx_n)], -1)
-    h, hs, rzs, ns, ghns = h0, [], [], [], []
+    h, hs = h0, []
     for bias_t, gx_n_t in zip(bias.transpose(1, 2).contiguous().unbind(1), gx_n.transpose(1, 2).contiguous().unbind(1)):
         gh = torch.baddbmm(bias_t, h, w_t)  # (n, B, 3H)
         rz = gh[..., : 2 * H].sigmoid_()  # in place: a Function's forward is not recorded
         n = torch.addcmul(gx_n_t, rz[..., :H], gh[..., 2 * H :]).tanh_()
         h = torch.lerp(n, h, rz[..., H:])
         hs.append(h)
-        rzs.append(rz)
-        ns.append(n)
-        ghns.append(gh[..., 2 * H :])
-    return tuple(torch.stack(x, 2) for x in (hs, rzs, ns, ghns))
+    return torch.stack(hs, 2)
 
 
-def _gru_backward(h0, w_hh, hs, rz, n, ghn, dhs, drz, dn, dghn):
-    """Gradients of ``_gru_forward`` w.r.t. (gx, h0, w_hh, b_hh) given the gradients of its outputs (None: zero;
-    the gates' gradients come from a second-order pass through this backward); see the comment above."""
+def _gru_backward(gx, h0, w_hh, b_hh, hs, dhs):
+    """Gradients of ``_gru_forward`` w.r.t. (gx, h0, w_hh, b_hh) given dhs (n, B, T, H); see the comment above."""
     n_, B, T, H = hs.shape
     h_prev = torch.cat([h0.unsqueeze(2), hs[:, :, :-1]], 2)  # (n, B, T, H)
-    r, z = rz.chunk(2, dim=-1)
+    gh = torch.baddbmm(b_hh.unsqueeze(1), h_prev.reshape(n_, B * T, H), w_hh.transpose(1, 2)).view(n_, B, T, 3 * H)
+    (gx_rz, gx_n), (gh_rz, gh_n) = gx.split([2 * H, H], -1), gh.split([2 * H, H], -1)  # split: one cat backward
+    r, z = torch.sigmoid(gx_rz + gh_rz).chunk(2, dim=-1)
+    n = torch.tanh(torch.addcmul(gx_n, r, gh_n))
     a_n = (1 - z) * (1 - n * n)
-    a_gh = torch.stack([a_n * ghn * r * (1 - r), (h_prev - n) * z * (1 - z), a_n * r], dim=3)  # (n, B, T, 3, H)
-    e_gh, e_gx = _gate_injections(r, z, n, ghn, drz, dn, dghn)  # (n, B, T, 3, H) each, or None
-    dhs = torch.zeros_like(hs) if dhs is None else dhs
+    a_gh = torch.stack([a_n * gh_n * r * (1 - r), (h_prev - n) * z * (1 - z), a_n * r], dim=3)  # (n, B, T, 3, H)
+    # dh_{t-1} = dhs_{t-1} + dh_t ⊙ z_t + d(W_hh h + b_hh)_t W_hh: the carry enters step t holding dhs_{t-1}
     dhs_steps = dhs.unbind(2)
-    prev = [torch.zeros_like(h0), *dhs_steps[:-1]]  # dhs_{t-1}; no dhs at h0
-    if e_gh is not None:  # the gates' own gradients reach h_{t-1} through W_hh, outside the recurrence
-        e_h = (e_gh.reshape(n_, B * T, 3 * H) @ w_hh).view(n_, B, T, H)
-        prev = [p + e for p, e in zip(prev, e_h.unbind(2))]
+    prev = (torch.zeros_like(h0), *dhs_steps[:-1])  # dhs_{t-1}; no dhs at h0
     dh, dh_steps = dhs_steps[-1], []  # dh: the total gradient at h_t in step t, at h0 after the loop
     for a_t, z_t, prev_t in zip(a_gh.unbind(2)[::-1], z.unbind(2)[::-1], prev[::-1]):
         dh_steps.append(dh)
@@ -110,26 +102,10 @@ def _gru_backward(h0, w_hh, hs, rz, n, ghn, dhs, drz, dn, dghn):
         dh = torch.baddbmm(torch.addcmul(prev_t, dh, z_t), dgh, w_hh)
     D = stack_steps(dh_steps[::-1], 2).unsqueeze(3)  # (n, B, T, 1, H)
     dgh5 = D * a_gh  # (n, B, T, 3, H)
-    dgx = torch.cat([dgh5[:, :, :, :2], D * a_n.unsqueeze(3)], 3)
-    if e_gh is not None:
-        dgh5, dgx = dgh5 + e_gh, dgx + e_gx
+    dgx = torch.cat([dgh5[:, :, :, :2], D * a_n.unsqueeze(3)], 3).reshape(n_, B, T, 3 * H)
     dgh_all = dgh5.reshape(n_, B * T, 3 * H)
     dw = dgh_all.transpose(1, 2) @ h_prev.reshape(n_, B * T, H)
-    return dgx.reshape(n_, B, T, 3 * H), dh, dw, dgh_all.sum(1)
-
-
-def _gate_injections(r, z, n, ghn, drz, dn, dghn):
-    """The gates' own gradients (drz, dn, dghn) as gradients of [r, z, W_hn h + b_hn] (e_gh) and of the three
-    pre-activations (e_gx), each (n, B, T, 3, H); None when the gates have none (first order)."""
-    if drz is None and dn is None and dghn is None:
-        return None, None
-    zero = torch.zeros_like(n)
-    dr, dz = (zero, zero) if drz is None else drz.chunk(2, dim=-1)
-    e_n = zero if dn is None else dn * (1 - n * n)  # d pre_n
-    e_r = (dr + e_n * ghn) * r * (1 - r)
-    e_ghn = e_n * r if dghn is None else dghn + e_n * r
-    e_z = dz * z * (1 - z)
-    return torch.stack([e_r, e_z, e_ghn], dim=3), torch.stack([e_r, e_z, e_n], dim=3)
+    return dgx, dh, dw, dgh_all.sum(1)
 
 
 class _GRUBatched(torch.autograd.Function):
@@ -141,12 +117,11 @@ class _GRUBatched(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inputs[1], inputs[2], *output)
+        ctx.save_for_backward(*inputs, output)
 
     @staticmethod
-    def backward(ctx, *grads):
-        return _gru_backward(*ctx.saved_tensors, *grads)
+    def backward(ctx, dhs):
+        return _gru_backward(*ctx.saved_tensors, dhs)
 
 
 class _GRU(torch.autograd.Function):
@@ -154,28 +129,27 @@ class _GRU(torch.autograd.Function):
 
     @staticmethod
     def forward(gx, h0, w_hh, b_hh):
-        return tuple(x[0] for x in _gru_forward(gx[None], h0[None], w_hh[None], b_hh[None]))
+        return _gru_forward(gx[None], h0[None], w_hh[None], b_hh[None])[0]
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inputs[1], inputs[2], *output)
+        ctx.save_for_backward(*inputs, output)
 
     @staticmethod
-    def backward(ctx, *grads):
-        saved = [x[None] for x in ctx.saved_tensors]
-        return tuple(g[0] for g in _gru_backward(*saved, *(None if g is None else g[None] for g in grads)))
+    def backward(ctx, dhs):
+        gx, h0, w, b, hs = ctx.saved_tensors
+        return tuple(g[0] for g in _gru_backward(gx[None], h0[None], w[None], b[None], hs[None], dhs[None]))
 
     @staticmethod
     def vmap(info, in_dims, gx, h0, w_hh, b_hh):
         args = [x.movedim(d, 0) if d is not None else x.expand(info.batch_size, *x.shape)
                 for x, d in zip((gx, h0, w_hh, b_hh), in_dims)]
-        return _GRUBatched.apply(*args), (0, 0, 0, 0)
+        return _GRUBatched.apply(*args), 0
 
 
 def gru_sequence(gx: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
     """gx (B, T, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H) -> h_1..h_T (B, T, H); differentiable to any order."""
-    return _GRU.apply(gx, h0, w_hh, b_hh)[0]
+    return _GRU.apply(gx, h0, w_hh, b_hh)
 
 
 # --- the LSTM's time loop, the same way -----------------------------------------------------------------------------
