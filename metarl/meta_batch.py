@@ -129,6 +129,16 @@ def task_gradients(
     return out, losses.detach(), logp.detach()
 
 
+def accumulate_grads(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], n: int) -> None:
+    """``p.grad += grads[name] / n`` for every parameter (set when None), as ``backward()`` accumulates."""
+    for name, p in params.items():
+        g = grads[name] / n
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)
+
+
 def meta_gradient_batched(
     log_prob_fn: LogProbFn,
     params: dict[str, torch.Tensor],
@@ -149,12 +159,7 @@ def meta_gradient_batched(
     del gamma
     grads, losses, logp = task_gradients(log_prob_fn, params, tasks, inner_lr=inner_lr, clip=clip,
                                          first_order=first_order, objective=objective)
-    for name, p in params.items():
-        g = grads[name] / num_tasks_total
-        if p.grad is None:
-            p.grad = g
-        else:
-            p.grad.add_(g)  # accumulate, as backward() does
+    accumulate_grads(params, grads, num_tasks_total)
     query = pad_stack([t.query for t in tasks], ("logp", "mask"))
     max_dlogp = float(((logp - query["logp"]).abs() * query["mask"]).max())
     return float(losses.mean()), max_dlogp
@@ -217,10 +222,5 @@ def trial_meta_gradient_batched(net: PolicyNet, params: dict[str, torch.Tensor],
     into ``.grad`` of ``params``; returns (mean outer loss over ``tasks``, max |Δlogp| on real query steps)."""
     grads, losses, max_dlogp = trial_task_gradients(net, params, tasks, num_envs=num_envs, inner_lr=inner_lr,
                                                     clip=clip, first_order=first_order, objective=objective)
-    for name, p in params.items():
-        g = grads[name] / num_tasks_total
-        if p.grad is None:
-            p.grad = g
-        else:
-            p.grad.add_(g)  # accumulate, as backward() does
+    accumulate_grads(params, grads, num_tasks_total)
     return float(losses.mean()), max_dlogp

@@ -40,3 +40,23 @@ def assert_same_run(got: list[dict], want: list[dict]) -> None:
         assert g["env_steps/lifetime"] == w["env_steps/lifetime"]
         for k in ("adapt/return_step_0", "adapt/return_step_1", "meta/outer_loss_last"):
             assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["iteration"], k)
+
+
+def assert_vmap_grads_equal_loop(loss, stacked: list, xs, *shared) -> None:
+    """``vmap(grad(fn))`` over tasks equals ``grad(fn)`` task by task, for fn = ``loss`` and the MAML meta-loss
+    ``loss(θ - 0.01 ∇loss(θ))`` (a gradient through the backward); ``loss(ps, x, *shared)`` -> scalar, ``stacked``
+    the parameters with a leading task axis, ``xs`` the inputs per task, ``shared`` unbatched (the vmap rules'
+    unbatched-input branch). Every reference gradient must be nonzero."""
+    from torch.func import grad, vmap
+
+    def meta_loss(ps, x, *rest):
+        inner = grad(loss)(ps, x, *rest)
+        return loss([p - 0.01 * g for p, g in zip(ps, inner)], x, *rest)
+
+    for fn in (loss, meta_loss):
+        got = vmap(grad(fn), in_dims=(0, 0, *[None] * len(shared)))(stacked, xs, *shared)
+        for i in range(len(xs)):
+            want = grad(fn)([p[i] for p in stacked], xs[i], *shared)
+            for j, (a, b) in enumerate(zip(got, want)):
+                assert float(b.detach().abs().sum()) > 0
+                torch.testing.assert_close(a[i], b, rtol=1e-10, atol=1e-12, msg=f"{fn.__name__}: task {i}, param {j}")

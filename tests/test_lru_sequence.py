@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call, grad, vmap
+from conftest import assert_vmap_grads_equal_loop
+from torch.func import functional_call
 
 from metarl.models.lru import LRULayer, _scan_autograd, lru_scan
 
@@ -131,14 +132,4 @@ def test_vmap_of_grad_and_of_maml_meta_gradient_equal_per_sample_loop():
     def loss(ps, x, h0):
         return _scalar(*f(x, h0, *ps))
 
-    def meta_loss(ps, x, h0):
-        inner = grad(loss)(ps, x, h0)
-        return loss([p - 0.01 * g for p, g in zip(ps, inner)], x, h0)
-
-    for fn in (loss, meta_loss):
-        got = vmap(grad(fn), in_dims=(0, 0, None))(stacked, xs, h0)
-        for i in range(3):
-            want = grad(fn)([p[i] for p in stacked], xs[i], h0)
-            for j, (a, b) in enumerate(zip(got, want)):
-                assert float(b.detach().abs().sum()) > 0
-                torch.testing.assert_close(a[i], b, rtol=1e-10, atol=1e-12, msg=f"{fn.__name__}: task {i}, param {j}")
+    assert_vmap_grads_equal_loop(loss, stacked, xs, h0)
