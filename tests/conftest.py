@@ -60,3 +60,19 @@ def assert_vmap_grads_equal_loop(loss, stacked: list, xs, *shared) -> None:
             for j, (a, b) in enumerate(zip(got, want)):
                 assert float(b.detach().abs().sum()) > 0
                 torch.testing.assert_close(a[i], b, rtol=1e-10, atol=1e-12, msg=f"{fn.__name__}: task {i}, param {j}")
+
+
+def second_order(args: list[torch.Tensor], out: torch.Tensor) -> tuple[tuple, tuple]:
+    """(d out / d args, d/d args of Σ v·grad + |grad|²): first derivatives and the gradient of a grad-dependent
+    scalar, as MAML's create_graph path needs."""
+    g1 = torch.autograd.grad(out, args, create_graph=True)
+    v = torch.Generator().manual_seed(3)
+    dep = sum((g * torch.randn(g.shape, generator=v, dtype=g.dtype)).sum() + (g * g).sum() for g in g1)
+    return g1, torch.autograd.grad(dep, args)
+
+
+def assert_all_close(names, got, want, what: str) -> None:
+    """Each of ``got`` equals ``want`` (float64 tolerances), and no reference is all zeros."""
+    for name, a, b in zip(names, got, want, strict=True):
+        assert float(b.detach().abs().sum()) > 0, f"{name}: the reference {what} is zero, the check proves nothing"
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{what} w.r.t. {name}")

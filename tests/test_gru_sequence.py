@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_vmap_grads_equal_loop
+from conftest import assert_all_close, assert_vmap_grads_equal_loop, second_order
 from torch.func import functional_call
 
 from metarl.models.rnn import GRUBackbone, gru_sequence
@@ -55,21 +55,6 @@ def _scalar(y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (y * w).sum() + (h * h).sum() * 0.3 + (y**3).sum() * 0.01
 
 
-def _second_order(args: list[torch.Tensor], out: torch.Tensor) -> tuple[tuple, tuple]:
-    """(d out / d args, d/d args of Σ v·grad + |grad|²): first derivatives and the gradient of a grad-dependent
-    scalar, as MAML's create_graph path needs."""
-    g1 = torch.autograd.grad(out, args, create_graph=True)
-    v = torch.Generator().manual_seed(3)
-    dep = sum((g * torch.randn(g.shape, generator=v, dtype=g.dtype)).sum() + (g * g).sum() for g in g1)
-    return g1, torch.autograd.grad(dep, args)
-
-
-def _assert_all_close(names, got, want, what: str) -> None:
-    for name, a, b in zip(names, got, want, strict=True):
-        assert float(b.detach().abs().sum()) > 0, f"{name}: the reference {what} is zero, the check proves nothing"
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{what} w.r.t. {name}")
-
-
 @pytest.mark.parametrize("T", [1, 2, 9])
 def test_value_equals_fused_gru_and_reference(T):
     net, fused = _net(), _net(use_fused=True)
@@ -103,10 +88,10 @@ def test_first_and_second_derivatives_equal_autograd_reference(T):
     for cls in (GRUBackbone, _ReferenceGRU):
         net = _net(cls=cls)
         args = [a.clone().requires_grad_() for a in _inputs(net, 2, T)]
-        results.append(_second_order(args, _scalar(*_net_fn(net)(*args))))
+        results.append(second_order(args, _scalar(*_net_fn(net)(*args))))
     (g1, g2), (r1, r2) = results
-    _assert_all_close(names, g1, r1, "first derivative")
-    _assert_all_close(names, g2, r2, "second-order term")
+    assert_all_close(names, g1, r1, "first derivative")
+    assert_all_close(names, g2, r2, "second-order term")
 
 
 def _cell_loop(gx: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
@@ -133,12 +118,12 @@ def test_sequence_function_derivatives_equal_cell_loop(T):
     for fn in (gru_sequence, _cell_loop):
         args = [a.clone().requires_grad_() for a in base]
         hs = fn(*args)
-        results.append((hs.detach(), *_second_order(args, (hs * wy).sum() + (hs**3).sum() * 0.1)))
+        results.append((hs.detach(), *second_order(args, (hs * wy).sum() + (hs**3).sum() * 0.1)))
     (v, g1, g2), (rv, r1, r2) = results
     torch.testing.assert_close(v, rv, rtol=1e-12, atol=1e-13)
     names = ["gx", "h0", "w_hh", "b_hh"]
-    _assert_all_close(names, g1, r1, "first derivative")
-    _assert_all_close(names, g2, r2, "second-order term")
+    assert_all_close(names, g1, r1, "first derivative")
+    assert_all_close(names, g2, r2, "second-order term")
 
 
 def test_gradcheck_and_gradgradcheck_of_the_sequence():

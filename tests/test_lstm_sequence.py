@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_vmap_grads_equal_loop
+from conftest import assert_all_close, assert_vmap_grads_equal_loop, second_order
 from torch.func import functional_call
 
 from metarl.models.rnn import LSTMBackbone, lstm_sequence
@@ -75,17 +75,10 @@ def test_first_and_second_derivatives_equal_autograd_reference(T):
     for cls in (LSTMBackbone, _ReferenceLSTM):
         net = _net(cls=cls)
         args = [a.clone().requires_grad_() for a in _inputs(net, 2, T)]
-        g1 = torch.autograd.grad(_scalar(*_net_fn(net)(*args)), args, create_graph=True)
-        v = torch.Generator().manual_seed(3)
-        dep = sum((g * torch.randn(g.shape, generator=v, dtype=g.dtype)).sum() + (g * g).sum() for g in g1)
-        results.append((g1, torch.autograd.grad(dep, args)))
+        results.append(second_order(args, _scalar(*_net_fn(net)(*args))))
     (g1, g2), (r1, r2) = results
-    for name, a, b in zip(names, g1, r1):
-        assert float(b.detach().abs().sum()) > 0, f"{name}: the reference gradient is zero, the check proves nothing"
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"first derivative w.r.t. {name}")
-    for name, a, b in zip(names, g2, r2):
-        assert float(b.detach().abs().sum()) > 0, f"{name}: the reference second-order term is zero"
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"second-order term w.r.t. {name}")
+    assert_all_close(names, g1, r1, "first derivative")
+    assert_all_close(names, g2, r2, "second-order term")
 
 
 def test_gradcheck_and_gradgradcheck_of_the_sequence():
