@@ -76,3 +76,12 @@ def assert_all_close(names, got, want, what: str) -> None:
     for name, a, b in zip(names, got, want, strict=True):
         assert float(b.detach().abs().sum()) > 0, f"{name}: the reference {what} is zero, the check proves nothing"
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{what} w.r.t. {name}")
+
+
+def tiny_gaussian_mlp(g: torch.Generator, obs_dim: int, hidden: int, act_dim: int) -> dict[str, torch.Tensor]:
+    """Parameters of a one-hidden-layer Gaussian policy (w1, b1, w2, b2, log_std) for hand-written oracles."""
+    return {
+        "w1": torch.randn(hidden, obs_dim, generator=g) * 0.5, "b1": torch.randn(hidden, generator=g) * 0.1,
+        "w2": torch.randn(act_dim, hidden, generator=g) * 0.5, "b2": torch.randn(act_dim, generator=g) * 0.1,
+        "log_std": torch.full((act_dim,), -0.3),
+    }

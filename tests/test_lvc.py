@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_gaussian_mlp
 
 from metarl import rl
 from metarl.meta_batch import meta_gradient_batched
@@ -20,11 +21,7 @@ E, T, D, A, H = 3, 5, 4, 2, 6  # episodes, steps, obs dim, action dim, hidden
 @pytest.fixture
 def setup(float64):
     g = torch.Generator().manual_seed(0)
-    params = {
-        "w1": torch.randn(H, D, generator=g) * 0.5, "b1": torch.randn(H, generator=g) * 0.1,
-        "w2": torch.randn(A, H, generator=g) * 0.5, "b2": torch.randn(A, generator=g) * 0.1,
-        "log_std": torch.full((A,), -0.3),
-    }
+    params = tiny_gaussian_mlp(g, D, H, A)
     obs = torch.randn(E, T, D, generator=g)
     actions = torch.randn(E, T, A, generator=g)
     mask = torch.ones(E, T)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from conftest import tiny_gaussian_mlp
 
 from metarl import rl
 from metarl.meta_batch import meta_gradient_batched
@@ -53,11 +54,7 @@ def test_gaussian_and_categorical_kl_equal_the_closed_forms(float64):
 @pytest.fixture
 def setup(float64):
     g = torch.Generator().manual_seed(0)
-    params = {
-        "w1": torch.randn(H, D, generator=g) * 0.5, "b1": torch.randn(H, generator=g) * 0.1,
-        "w2": torch.randn(A, H, generator=g) * 0.5, "b2": torch.randn(A, generator=g) * 0.1,
-        "log_std": torch.full((A,), -0.3),
-    }
+    params = tiny_gaussian_mlp(g, D, H, A)
     tasks = []
     for _ in range(2):
         mask = torch.ones(E, T)
