@@ -4,13 +4,15 @@ Run (about 10-15 minutes on an idle 2-core machine)::
 
     .venv/bin/python benchmarks/scaling.py                                  # mlp and gru, all layouts
     .venv/bin/python benchmarks/scaling.py --backbones gru --iterations 2   # quicker
+    .venv/bin/python benchmarks/scaling.py --auto-only                      # 1 core vs the ``auto`` layout only
 
 Each layout runs in a fresh process (its own embedded Ray) pinned to its cores with ``os.sched_setaffinity``
 (inherited by every Ray worker it starts): ``1 core`` = everything in the driver; on 2 cores every layout
 ``metarl.apps.layout`` can pick (runners x Learners). Per layout it prints the median iteration time, env steps
 per second, and for each phase (sampling + inner steps on the runners; the meta-update) the cores in use = CPU
 time of the whole process tree (driver, raylet, every worker; from /proc) / wall time of the phase. Ratios are
-to the 1-core layout of the same backbone, measured in the same run.
+to the 1-core layout of the same backbone, measured in the same run; ``(auto)`` marks the layout that
+``--num-env-runners auto --num-learners auto`` picks for that backbone on 2 cores (``make run``'s).
 
 Defaults: HalfCheetahDir H=100, 20 tasks x 10 episodes on 10 sub-envs per runner, width 64. Results: BENCHMARKS.md.
 Debug in-process: ``python benchmarks/scaling.py --child '{"backbone": "mlp", "cores": [0], "runners": 0,
@@ -113,14 +115,21 @@ def child(spec: dict) -> dict:
     return out
 
 
-def layouts(meta_batch_size: int) -> list[tuple[str, list[int], int, int]]:
-    """(name, cores, runners, learners): 1 core, then every 2-core layout (runners in {0, 2}, Learners in {0, 2})."""
+def layouts(meta_batch_size: int, backbone: str, auto_only: bool) -> list[tuple[str, list[int], int, int]]:
+    """(name, cores, runners, learners): 1 core, then every 2-core layout (runners in {0, 2}, Learners in {0, 2}),
+    or only the one ``auto`` picks. The child runs the driver on as many torch threads as it has cores."""
+    from metarl.apps.layout import pick_layout
+
+    auto = pick_layout(2, meta_batch_size=meta_batch_size, backbone=backbone)
     rows = [("1 core", [0], 0, 0)]
     for runners in (0, 2):
         for learners in (0, 2):
-            if (runners, learners) != (0, 0) and meta_batch_size % max(learners, 1) == 0:
-                rows.append((f"2 cores: {runners} runners, {learners} learners", [0, 1], runners, learners))
-    rows.append(("2 cores: all in the driver, 2 threads", [0, 1], 0, 0))
+            picked = (runners, learners) == (auto.num_env_runners, auto.num_learners)
+            if (runners, learners) != (0, 0) and meta_batch_size % max(learners, 1) == 0 and (picked or not auto_only):
+                name = f"2 cores: {runners} runners, {learners} learners" + (" (auto)" if picked else "")
+                rows.append((name, [0, 1], runners, learners))
+    if not auto_only:
+        rows.append(("2 cores: all in the driver, 2 threads", [0, 1], 0, 0))
     return rows
 
 
@@ -143,6 +152,7 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=10)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--auto-only", action="store_true", help="only 1 core and the layout 'auto' picks on 2 cores")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -159,7 +169,7 @@ def main() -> None:
           f"{'cores':>5s} {'update s':>8s} {'cores':>5s}")
     for backbone in args.backbones.split(","):
         one = None
-        for name, cores, runners, learners in layouts(args.meta_batch_size):
+        for name, cores, runners, learners in layouts(args.meta_batch_size, backbone, args.auto_only):
             r = run_layout({**base, "backbone": backbone}, name, cores, runners, learners)
             one = one or r
             print(f"{backbone:8s} {name:40s} {r['iteration_s']:7.2f} {one['iteration_s'] / r['iteration_s']:6.2f}x "
