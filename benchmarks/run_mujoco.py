@@ -13,8 +13,7 @@ episodes (10 sub-envs per runner), one inner VPG step (α 0.1), second-order met
 steps, 60 iterations = 2.4 M env steps, checkpoints every 20. Outputs in ``--out`` (default ``runs/mujoco``):
 results.json, progress.csv, tb/, adaptation.png, checkpoints/ (glossary: ``metarl/apps/records.py``).
 Actors: ``--num-env-runners auto --num-learners auto`` (the defaults here; ``metarl train`` defaults to 0 and 0)
-use every core this process may run on (``metarl/apps/layout.py``: on 2 cores, 2 EnvRunners, and for the
-meta-update the driver's Learner on 2 torch threads with the mlp, 2 remote Learners with a recurrent backbone); the
+use every core this process may run on (``metarl/apps/layout.py``: on 2 cores, 2 EnvRunners and 2 Learners); the
 first line printed names the layout.
 A second ``make run`` into the same folder stops with an error: pass ``--resume`` (with a larger ``--iterations``)
 or another ``--out``.

@@ -4,15 +4,16 @@ Run (about 10-15 minutes on an idle 2-core machine)::
 
     .venv/bin/python benchmarks/scaling.py                                  # mlp and gru, all layouts
     .venv/bin/python benchmarks/scaling.py --backbones gru --iterations 2   # quicker
-    .venv/bin/python benchmarks/scaling.py --auto-only                      # 1 core vs the ``auto`` layout only
+    .venv/bin/python benchmarks/scaling.py --auto-only --rounds 3           # 1 core vs ``auto``, alternating
 
 Each layout runs in a fresh process (its own embedded Ray) pinned to its cores with ``os.sched_setaffinity``
 (inherited by every Ray worker it starts): ``1 core`` = everything in the driver; on 2 cores every layout
 ``metarl.apps.layout`` can pick (runners x Learners). Per layout it prints the median iteration time, env steps
 per second, and for each phase (sampling + inner steps on the runners; the meta-update) the cores in use = CPU
 time of the whole process tree (driver, raylet, every worker; from /proc) / wall time of the phase. Ratios are
-to the 1-core layout of the same backbone, measured in the same run; ``(auto)`` marks the layout that
-``--num-env-runners auto --num-learners auto`` picks for that backbone on 2 cores (``make run``'s).
+to the 1-core layout of the same backbone, measured in the same run (with ``--rounds N`` every layout runs N
+times, in alternation, and the table shows medians; the speedup is the median of each round's ratio).
+``(auto)`` marks the layout that ``--num-env-runners auto --num-learners auto`` picks on 2 cores (``make run``'s).
 
 Defaults: HalfCheetahDir H=100, 20 tasks x 10 episodes on 10 sub-envs per runner, width 64. Results: BENCHMARKS.md.
 Debug in-process: ``python benchmarks/scaling.py --child '{"backbone": "mlp", "cores": [0], "runners": 0,
@@ -115,12 +116,12 @@ def child(spec: dict) -> dict:
     return out
 
 
-def layouts(meta_batch_size: int, backbone: str, auto_only: bool) -> list[tuple[str, list[int], int, int]]:
+def layouts(meta_batch_size: int, auto_only: bool) -> list[tuple[str, list[int], int, int]]:
     """(name, cores, runners, learners): 1 core, then every 2-core layout (runners in {0, 2}, Learners in {0, 2}),
     or only the one ``auto`` picks. The child runs the driver on as many torch threads as it has cores."""
     from metarl.apps.layout import pick_layout
 
-    auto = pick_layout(2, meta_batch_size=meta_batch_size, backbone=backbone)
+    auto = pick_layout(2, meta_batch_size=meta_batch_size)
     rows = [("1 core", [0], 0, 0)]
     for runners in (0, 2):
         for learners in (0, 2):
@@ -153,6 +154,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--auto-only", action="store_true", help="only 1 core and the layout 'auto' picks on 2 cores")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs of every layout, alternating; the table shows medians (speedup: of each round's ratio)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -168,14 +171,21 @@ def main() -> None:
     print(f"{'backbone':8s} {'layout':40s} {'iter s':>7s} {'speedup':>7s} {'steps/s':>8s} {'sample s':>8s} "
           f"{'cores':>5s} {'update s':>8s} {'cores':>5s}")
     for backbone in args.backbones.split(","):
-        one = None
-        for name, cores, runners, learners in layouts(args.meta_batch_size, backbone, args.auto_only):
-            r = run_layout({**base, "backbone": backbone}, name, cores, runners, learners)
-            one = one or r
-            print(f"{backbone:8s} {name:40s} {r['iteration_s']:7.2f} {one['iteration_s'] / r['iteration_s']:6.2f}x "
-                  f"{r['steps_per_s']:8.0f} {r['sample_s']:8.2f} {r['sample_cores']:5.2f} {r['update_s']:8.2f} "
-                  f"{r['update_cores']:5.2f}", flush=True)
-
+        rows = layouts(args.meta_batch_size, args.auto_only)
+        runs: dict[str, list[dict]] = {name: [] for name, *_ in rows}
+        for round_ in range(args.rounds):  # layouts alternate, so that the machine's drift hits them all alike
+            for name, cores, runners, learners in rows:
+                r = run_layout({**base, "backbone": backbone}, name, cores, runners, learners)
+                runs[name].append(r)
+                r["speedup"] = runs[rows[0][0]][round_]["iteration_s"] / r["iteration_s"]  # rows[0]: 1 core
+                if args.rounds > 1:
+                    print(f"  round {round_ + 1}: {backbone} {name}: {r['iteration_s']:.2f} s, {r['speedup']:.2f}x",
+                          flush=True)
+        for name, *_ in rows:
+            m = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
+            print(f"{backbone:8s} {name:40s} {m['iteration_s']:7.2f} {m['speedup']:6.2f}x {m['steps_per_s']:8.0f} "
+                  f"{m['sample_s']:8.2f} {m['sample_cores']:5.2f} {m['update_s']:8.2f} {m['update_cores']:5.2f}",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

@@ -7,33 +7,27 @@ import pytest
 from metarl.apps.layout import Layout, pick_layout, resolve
 
 
-@pytest.mark.parametrize("cores, batch, backbone, runners, learners, threads", [
-    (1, 20, "gru", 0, 0, 1),  # one core: everything in the driver
-    (1, 20, "mlp", 0, 0, 1),
-    (2, 20, "gru", 2, 2, 1),
-    (3, 20, "lru", 3, 2, 1),  # Learners shard the tasks: the largest divisor of 20 that is <= 3
-    (16, 20, "ssm", 16, 10, 1),
-    (2, 7, "gru", 2, 0, 2),  # a prime meta-batch above the cores: the Learner in the driver, on every core
-    (8, 1, "lstm", 8, 0, 8),
-    (2, 20, "mlp", 2, 0, 2),  # the mlp's update: the driver's threads, not remote Learners
-    (16, 20, "mlp", 16, 0, 16),
+@pytest.mark.parametrize("cores, batch, runners, learners", [
+    (1, 20, 0, 0),  # one core: everything in the driver
+    (2, 20, 2, 2),
+    (3, 20, 3, 2),  # Learners shard the tasks: the largest divisor of 20 that is <= 3
+    (16, 20, 16, 10),
+    (2, 7, 2, 0),  # a prime meta-batch above the cores: no sharding, the Learner stays in the driver
+    (8, 1, 8, 0),
 ])
-def test_pick_layout(cores, batch, backbone, runners, learners, threads):
-    layout = pick_layout(cores, meta_batch_size=batch, backbone=backbone)
-    assert (layout.num_env_runners, layout.num_learners, layout.torch_threads) == (runners, learners, threads)
+def test_pick_layout(cores, batch, runners, learners):
+    layout = pick_layout(cores, meta_batch_size=batch)
+    assert (layout.num_env_runners, layout.num_learners) == (runners, learners)
     assert batch % max(layout.num_learners, 1) == 0
     assert layout.ray_cpus == 1 + runners + learners
 
 
 def test_resolve_replaces_only_auto():
     assert resolve(3, 0, cores=2, meta_batch_size=20) == (3, 0, None)
-    assert resolve("auto", 0, cores=2, meta_batch_size=20) == (2, 0, Layout(2, 2, 0, torch_threads=2))
+    assert resolve("auto", 0, cores=2, meta_batch_size=20) == (2, 0, Layout(2, 2, 0))
     assert resolve(1, "auto", cores=2, meta_batch_size=20) == (1, 2, Layout(2, 1, 2))
-    assert resolve(0, "auto", cores=2, meta_batch_size=20, backbone="mlp") == (0, 0, Layout(2, 0, 0))
     runners, learners, layout = resolve("auto", "auto", cores=4, meta_batch_size=20)
     assert (runners, learners) == (4, 4) and "4 remote EnvRunners, 4 remote Learners" in layout.describe()
-    assert "the Learner in the driver on 4 torch threads" in resolve(
-        "auto", "auto", cores=4, meta_batch_size=20, backbone="mlp")[2].describe()
 
 
 @pytest.mark.parametrize("cores", [0, -1, 1.5, "2"])
@@ -53,31 +47,16 @@ def _args(*argv: str):
 def test_auto_flags_become_the_layout_of_the_given_cores():
     from metarl.apps.flags import config_from_args
 
-    args = _args("--num-env-runners", "auto", "--num-learners", "auto", "--num-cpus", "2", "--meta-batch-size", "20",
-                 "--backbone", "gru")
+    args = _args("--num-env-runners", "auto", "--num-learners", "auto", "--num-cpus", "2", "--meta-batch-size", "20")
     config = config_from_args(args)
     assert (config.num_env_runners, config.num_learners) == (2, 2)
     assert args.layout == Layout(2, 2, 2) and "layout for 2 core(s)" in args.layout.describe()
-    fixed = _args("--num-env-runners", "1", "--num-learners", "auto", "--num-cpus", "4", "--meta-batch-size", "6",
-                  "--backbone", "lru")
+    fixed = _args("--num-env-runners", "1", "--num-learners", "auto", "--num-cpus", "4", "--meta-batch-size", "6")
     config = config_from_args(fixed)
     assert (config.num_env_runners, config.num_learners) == (1, 3)
     plain = _args("--num-env-runners", "3")
     config_from_args(plain)
-    assert plain.layout is None and plain.num_env_runners == 3 and plain.torch_threads == 1
-
-
-@pytest.mark.parametrize("argv, threads", [
-    (["--backbone", "mlp"], 2),  # the layout's: the driver only learns, on both cores
-    (["--backbone", "mlp", "--torch-threads", "1"], 1),  # a given flag wins
-    (["--backbone", "gru"], 1),  # remote Learners: the driver only waits
-])
-def test_an_unset_torch_threads_becomes_the_layouts(argv, threads):
-    from metarl.apps.flags import config_from_args
-
-    args = _args("--num-env-runners", "auto", "--num-learners", "auto", "--num-cpus", "2", *argv)
-    config = config_from_args(args)
-    assert args.torch_threads == threads and config.num_learners == (0 if "mlp" in argv else 2)
+    assert plain.layout is None and plain.num_env_runners == 3
 
 
 def test_run_mujoco_defaults_to_auto_and_metarl_train_to_zero():

@@ -100,11 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/mujoco", help="run folder, or a URI such as s3://bucket/run, file:///x (default: runs/mujoco)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/latest")
     run.add_argument("--checkpoint-every", type=int, default=20, help="checkpoint every N iterations and at the end (default: 20)")
-    run.add_argument("--torch-threads", type=int, default=None,
+    run.add_argument("--torch-threads", type=int, default=1,
                      help="torch threads of this process (it samples and learns when runners/Learners are 0); more "
                           "than 1 pays only for large matrices on idle cores, and costs up to 10x on busy ones "
-                          "(default: 1, or the 'auto' layout's: all the cores when the driver only learns; remote "
-                          "runners and Learners always use 1)")
+                          "(default: 1; remote runners and Learners always use 1)")
     run.add_argument("--preset", choices=sorted(PRESETS), default="default",
                      help="a set of field values applied first; flags given explicitly win: 'paper' = the published "
                           "MAML/ProMP configuration (40 tasks x 20 episodes, MLP 2 x 100 tanh, LVC, ...), 'default' "
@@ -120,7 +119,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
     """ValueError naming the flag, the value and what is allowed (the config flags are the config's to check)."""
     for flag in ("iterations", "checkpoint_every", "torch_threads"):
         v = getattr(args, flag)
-        if v is not None and v < 1:
+        if v < 1:
             raise ValueError(f"--{flag.replace('_', '-')} = {v} is invalid: an integer >= 1")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ValueError(f"--num-cpus = {args.num_cpus} is invalid: an integer >= 1, or omit the flag for all of "
@@ -154,18 +153,14 @@ def apply_preset(args: argparse.Namespace) -> dict:
 
 def resolve_layout(args: argparse.Namespace) -> None:
     """Replace ``auto`` runner/Learner counts by the layout for the cores (``--num-cpus``, else the cores this
-    process may use); the picked layout is kept as ``args.layout`` (None when nothing was ``auto``), and an unset
-    ``--torch-threads`` becomes the layout's (1 without one). The preset is applied first (it may set
-    ``meta_batch_size`` and ``backbone``, which the layout reads)."""
+    process may use); the picked layout is kept as ``args.layout`` (None when nothing was ``auto``). The preset
+    is applied first (it may set ``meta_batch_size``, which the layout reads)."""
     apply_preset(args)
     if getattr(args, "layout", None) is not None:
         return  # resolved already
     cores = args.num_cpus or visible_cores()
     args.num_env_runners, args.num_learners, args.layout = resolve(
-        args.num_env_runners, args.num_learners, cores=cores, meta_batch_size=args.meta_batch_size,
-        backbone=args.backbone)
-    if getattr(args, "torch_threads", 1) is None:
-        args.torch_threads = args.layout.torch_threads if args.layout else 1
+        args.num_env_runners, args.num_learners, cores=cores, meta_batch_size=args.meta_batch_size)
 
 
 def config_from_args(args: argparse.Namespace):
