@@ -427,3 +427,26 @@ def test_stale_lock_of_a_dead_process_is_explained_and_replaced(tmp_path, capsys
         RunLock(tmp_path).acquire()  # a live holder refuses a second writer
     lock.release()
     assert not (tmp_path / ".lock").exists()
+
+
+def test_report_reads_a_restored_trial_once_from_result_json(tmp_path):
+    """A trial restored from its checkpoint at iteration 1 reports iterations 2 and 3 again, with a column the
+    first run lacked: Tune's progress.csv then has rows longer than its header (a real resumed sweep did); the
+    report reads result.json and keeps the restored run's rows."""
+    from metarl.apps.report import load_trials
+
+    sweep_dir(tmp_path)
+    trial = tmp_path / "sweep" / "good"
+
+    def result(it, ret, **extra):
+        return json.dumps({"training_iteration": it, "adapt": {"return_step_0": ret, "return_step_1": ret + 1},
+                           **extra})
+
+    first = [result(1, -5.0), result(2, -4.0), result(3, -3.0)]
+    restored = [result(2, -2.5, eval={"fresh": 1.0}), result(3, -1.5, eval={"fresh": 0.0}), result(4, -0.5)]
+    (trial / "result.json").write_text("\n".join(first + restored) + "\n")
+    (trial / "progress.csv").write_text("training_iteration,adapt/return_step_0,adapt/return_step_1\n"
+                                        "1,-5.0,-4.0\n2,-4.0,-3.0\n3,-3.0,-2.0\n2,-2.5,-1.5,1.0\n")
+    rows = load_trials(tmp_path / "sweep")[0].rows
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4]
+    assert [r["adapt/return_step_0"] for r in rows] == [-5.0, -2.5, -1.5, -0.5]

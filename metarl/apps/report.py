@@ -1,7 +1,7 @@
 """``metarl report DIR``: turn a Tune sweep folder into ``DIR/report.md`` and ``DIR/plots/*.png``.
 
-Reads every trial folder ``DIR/<trial>/`` holding ``params.json`` plus ``progress.csv`` (or ``result.json``, one
-JSON result per line). The ranking uses the held-out evaluation every trial runs on itself (``eval/...``,
+Reads every trial folder ``DIR/<trial>/`` holding ``params.json`` plus ``result.json`` (one JSON result per line;
+else ``progress.csv``); a restored trial's repeated iterations count once, from the restored run. The ranking uses the held-out evaluation every trial runs on itself (``eval/...``,
 ``rllib_ext.heldout``: the function of ``metarl evaluate``; every method adapts, the multitask baseline too), at
 each trial's last fresh evaluation (``eval/fresh`` = 1), per task family:
 
@@ -96,8 +96,9 @@ def _csv_rows(path: Path) -> list[dict]:
     reader = csv.DictReader(text.splitlines())
     for n, row in enumerate(reader, start=2):
         if None in row or None in row.values():
-            raise BrokenTrial(f"{path}: row {n} has {len(row) - (None in row)} fields, the header "
-                              f"{len(reader.fieldnames)}: the file is cut or garbled")
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
+            raise BrokenTrial(f"{path}: row {n} has {fields} fields, the header {len(reader.fieldnames)}: the file "
+                              "is cut or garbled")
         rows.append({k: _cell(v, path, k, n) for k, v in row.items()})
     return rows
 
@@ -121,12 +122,26 @@ def _json_rows(path: Path) -> list[dict]:
 
 
 def _read_rows(trial_dir: Path) -> list[dict]:
+    """result.json first (Tune writes every result as one whole JSON line, also after a restore, whereas a
+    restored trial's progress.csv gains rows with columns its header lacks), else progress.csv."""
     csv_path, json_path = trial_dir / "progress.csv", trial_dir / "result.json"
+    if json_path.exists() and json_path.stat().st_size > 0:
+        return drop_superseded(_json_rows(json_path))
     if csv_path.exists() and csv_path.stat().st_size > 0:
-        return _csv_rows(csv_path)
-    if json_path.exists():
-        return _json_rows(json_path)
+        return drop_superseded(_csv_rows(csv_path))
     return []
+
+
+def drop_superseded(rows: list[dict]) -> list[dict]:
+    """A trial restored from a checkpoint (a failure retried, ``metarl sweep --resume``) reports again the
+    iterations after that checkpoint: keep the restored run's rows, drop the ones they replace."""
+    out: list[dict] = []
+    for row in rows:
+        it = row.get("training_iteration", math.nan)
+        while out and out[-1].get("training_iteration", math.nan) >= it:
+            out.pop()
+        out.append(row)
+    return out
 
 
 def _read_params(path: Path) -> dict:
