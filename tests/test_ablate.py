@@ -85,3 +85,36 @@ def test_trial_memory_bench_plans_equal_env_steps_for_every_method(tmp_path, cap
         assert f"{name} seed 1: 125 iterations x 40,000 env steps" in out
     assert out.count("--memory trial") == 8 and out.count("--inner-steps 0") == 6  # x 2 seeds
     assert "--episodes-per-task 20 --num-envs-per-runner 10" in out and not (tmp_path / "t.json").exists()
+
+
+def _hcdir_long():
+    spec = importlib.util.spec_from_file_location("hcdir_long", ROOT / "benchmarks" / "hcdir_long.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_crossing_is_the_first_evaluation_at_or_above_the_level():
+    long = _hcdir_long()
+    steps, returns = [1e6, 2e6, 3e6, 4e6], [100.0, 149.9, 150.0, 300.0]
+    assert long.first_crossing(steps, returns, 150.0) == 3e6  # at the level counts; below it does not
+    assert long.first_crossing(steps, returns, 260.0) == 4e6
+    assert long.first_crossing(steps, [400.0, 100.0, 100.0, 100.0], 260.0) == 1e6  # the first, not the last
+    assert long.first_crossing(steps, returns, 400.0) is None
+
+
+def test_hcdir_long_writes_its_curve_and_crossings(tmp_path, capsys):
+    """The long run's script at a tiny budget on navigation-2d (real runs): 2 iterations, an evaluation inside
+    training at each, the crossings (never: Navigation2D's returns are negative) and the curve PNG written."""
+    long = _hcdir_long()
+    results = tmp_path / "long.json"
+    code = long.main(["--task", "navigation-2d", "--seeds", "1", "--budget", "320", "--eval-tasks", "2",
+                      "--eval-episodes", "2", "--root", str(tmp_path / "runs"), "--results", str(results),
+                      "--train-args", TINY + " --eval-every 1 --eval-tasks 2 --eval-episodes 2"])
+    assert code == 0
+    data = json.loads(results.read_text())
+    assert data["crossings"] == {"default": {"0": {"150": None, "260": None}}}
+    steps, returns = long.bench.curve(str(tmp_path / "runs" / "default" / "seed0"))
+    assert steps == [160, 320] and all(r < 0 for r in returns)
+    assert results.with_name("long_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "not reached" in capsys.readouterr().out

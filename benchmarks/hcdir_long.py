@@ -1,0 +1,133 @@
+"""HalfCheetahDir (H=100) to >= 30 M env steps with held-out evaluation every 25 iterations, against the anchors.
+
+Run (resumable; 2 seeds x 750 iterations of 40,000 env steps; about 40 minutes per seed on one idle core)::
+
+    .venv/bin/python benchmarks/hcdir_long.py                          # the MuJoCo default (the table's defaults)
+    .venv/bin/python benchmarks/hcdir_long.py --variants paper         # the published configuration (--preset paper)
+    .venv/bin/python benchmarks/hcdir_long.py --dry-run                # the plan and the commands
+
+Every (variant, seed) is one ``python -m metarl.train`` run (``--eval-every 25``: the trial adapts its θ on both
+held-out directions, 20 episodes each, every 25 iterations and at the last), then ``metarl evaluate`` at the end;
+the machinery (plan, resume, bootstrap interval) is ``benchmarks/ablate_hcdir.py``'s. Writes
+``docs/results/hcdir_long.json`` (runs, summary, and per seed the env steps at which the held-out return after one
+step first reached each level of ``LEVELS``) and ``docs/results/hcdir_long_curve.png`` (held-out return after
+one step vs env steps, per seed and mean, with the published anchors of ``ANCHORS``); prints both tables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ablate = _load("ablate_hcdir")
+bench = _load("trial_memory_bench")  # curve(): (env steps, held-out return after one step) of a run
+
+#: (name, knob, value, flags) on top of --train-args
+VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("default", "(none)", "the MuJoCo default (the table's defaults)", ()),
+    ("paper", "preset", "paper", ("--preset", "paper")),
+)
+BY_NAME = {v[0]: v for v in VARIANTS}
+#: held-out return after one step whose first crossing is reported (issue: ≈ 150 and the plateau ≈ 260)
+LEVELS = (150.0, 260.0)
+#: published HalfCheetahDir returns after one step: (label, env steps, return) — BENCHMARKS.md's anchors
+ANCHORS = (
+    ("learn2learn MAML-TRPO", 24e6, 150.0),
+    ("learn2learn MAML-TRPO", 48e6, 260.0),
+    ("RLlib MAML (2020)", 17.5e6, -30.0),
+    ("RLlib MAML (2020)", 40e6, 220.0),
+)
+
+
+def defaults() -> dict:
+    return {"variants": "default", "budget": 30_000_000, "root": "runs/hcdir-long",
+            "results": "docs/results/hcdir_long.json",
+            "train_args": "--num-env-runners 0 --eval-every 25 --eval-tasks 2 --eval-episodes 20"}
+
+
+def first_crossing(steps: list[float], returns: list[float], level: float) -> float | None:
+    """Env steps of the first evaluation whose return is >= ``level`` (None: never)."""
+    return next((s for s, r in zip(steps, returns) if r >= level), None)
+
+
+def crossings(data: dict, root: str) -> dict:
+    """{variant: {seed: {level: env steps or None}}} from each run's evaluations inside training."""
+    out = {}
+    for name, runs in data["runs"].items():
+        out[name] = {}
+        for seed in runs:
+            steps, returns = bench.curve(str(Path(root) / name / f"seed{seed}"))
+            out[name][seed] = {str(int(lv)): first_crossing(steps, returns, lv) for lv in LEVELS}
+    return out
+
+
+def crossing_table(table: dict) -> str:
+    lines = ["| variant | seed | " + " | ".join(f"first ≥ {int(lv)} (env steps)" for lv in LEVELS) + " |",
+             "|---|---:|" + "---:|" * len(LEVELS)]
+    for name, seeds in table.items():
+        for seed, levels in seeds.items():
+            cells = [f"{v:,.0f}" if v is not None else "not reached" for v in levels.values()]
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(data: dict, root: str, path: Path) -> None:
+    """Held-out return after one step vs env steps: each seed thin, the mean thick, the anchors as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, runs in data["runs"].items():
+        curves = [bench.curve(str(Path(root) / name / f"seed{seed}")) for seed in runs]
+        for x, y in curves:
+            ax.plot(np.array(x) / 1e6, y, lw=0.7, alpha=0.5)
+        n = min((len(x) for x, _ in curves), default=0)
+        if n:
+            ax.plot(np.array(curves[0][0][:n]) / 1e6, np.mean([y[:n] for _, y in curves], axis=0), lw=2,
+                    label=f"{name}: mean of {len(curves)} seeds")
+    for label in dict.fromkeys(a[0] for a in ANCHORS):
+        pts = [(s / 1e6, r) for lbl, s, r in ANCHORS if lbl == label]
+        ax.plot(*zip(*pts), "o--", ms=5, label=f"{label} (published)")
+    for level in LEVELS:
+        ax.axhline(level, color="grey", lw=0.5, ls=":")
+    ax.set(xlabel="training env steps (millions)", ylabel="held-out return after 1 inner step",
+           title="HalfCheetahDir, H = 100")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    table = {"by_name": BY_NAME, "doc": __doc__, "defaults": defaults()}
+    code = ablate.main(argv, **table)
+    args = ablate.parse_args(argv, **table)
+    results = Path(args.results)
+    if args.dry_run or not results.exists():
+        return code
+    data = json.loads(results.read_text(encoding="utf-8"))
+    data["crossings"] = crossings(data, args.root)
+    results.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    plot(data, args.root, results.with_name(results.stem + "_curve.png"))
+    print(crossing_table(data["crossings"]))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
