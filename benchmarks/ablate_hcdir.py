@@ -106,6 +106,11 @@ def train_config(flags: list[str]):
         return cli.config_from_args(parsed)
 
 
+def eval_flags(variant: tuple) -> tuple[str, ...]:
+    """A variant's own flags of ``metarl evaluate`` (an optional 5th entry of its row; default none)."""
+    return tuple(variant[4]) if len(variant) > 4 else ()
+
+
 def plan_run(args, name: str, seed: int) -> dict:
     """The command of one (variant, seed) and its iteration count for the env-step budget."""
     flags = ["--task", args.task, *args.by_name[name][3], *shlex.split(args.train_args)]
@@ -118,7 +123,8 @@ def plan_run(args, name: str, seed: int) -> dict:
            "--iterations", str(iterations), "--checkpoint-every", str(max(1, iterations // 10))]
     heldout = str(Path(out) / f"heldout_{iterations}.json")
     eval_cmd = [sys.executable, "-m", "metarl", "evaluate", "--checkpoint", out, "--adapt-steps", "1",
-                "--episodes", str(args.eval_episodes), "--num-tasks", str(args.eval_tasks), "--out", heldout]
+                "--episodes", str(args.eval_episodes), "--num-tasks", str(args.eval_tasks), "--out", heldout,
+                *eval_flags(args.by_name[name])]
     return {"out": out, "iterations": iterations, "env_steps_per_iteration": per_iter, "cmd": cmd,
             "eval_cmd": eval_cmd, "heldout": heldout}
 

@@ -11,7 +11,8 @@ has episodes to carry its state across), width 64, one inner step for the MAML v
 for every variant (iterations = budget / env steps per iteration: RL² and multitask sample one phase per task,
 so they run twice the iterations), 2 seeds, a held-out evaluation every 10 iterations inside the run (the curve)
 and ``metarl evaluate`` at the end (before and after one inner step; with trial memory also the return of each
-episode within a phase). Writes ``docs/results/trial_memory_<task>.json``, ``..._curve.png`` (held-out return
+episode within a phase; RL², which adapts in context only, is evaluated with ``--inner-lr 0``: its "after one
+step" is the query phase of the same trial, θ unchanged, after the same support episodes as the MAML variants). Writes ``docs/results/trial_memory_<task>.json``, ``..._curve.png`` (held-out return
 after one step vs env steps, mean over seeds) and prints the table. The machinery (plan, resume, bootstrap
 intervals) is ``benchmarks/ablate_hcdir.py``'s.
 """
@@ -30,15 +31,20 @@ _spec = importlib.util.spec_from_file_location("ablate_hcdir", HERE / "ablate_hc
 ablate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ablate)
 
-#: (name, method, backbone + memory, flags) on top of TRAIN_ARGS
-VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("maml-mlp", "maml (gradient only)", "mlp", ("--backbone", "mlp")),
-    ("maml-gru", "maml (gradient only)", "gru", ("--backbone", "gru")),
-    ("maml-trial-gru", "maml + trial memory", "gru", ("--backbone", "gru", "--memory", "trial")),
-    ("maml-trial-lru", "maml + trial memory", "lru", ("--backbone", "lru", "--memory", "trial")),
-    ("rl2-gru", "rl2 (in context only)", "gru", ("--backbone", "gru", "--memory", "trial", "--inner-steps", "0")),
-    ("rl2-lru", "rl2 (in context only)", "lru", ("--backbone", "lru", "--memory", "trial", "--inner-steps", "0")),
-    ("multitask-mlp", "multitask (no inner step)", "mlp", ("--backbone", "mlp", "--inner-steps", "0")),
+#: RL² adapts in context only: held out, its "step 1" continues the same trial for the query phase with θ
+#: unchanged (``metarl evaluate --inner-lr 0``), i.e. after the same support episodes as the MAML variants
+IN_CONTEXT = ("--inner-lr", "0")
+#: (name, method, backbone + memory, flags on top of TRAIN_ARGS, flags of ``metarl evaluate``)
+VARIANTS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("maml-mlp", "maml (gradient only)", "mlp", ("--backbone", "mlp"), ()),
+    ("maml-gru", "maml (gradient only)", "gru", ("--backbone", "gru"), ()),
+    ("maml-trial-gru", "maml + trial memory", "gru", ("--backbone", "gru", "--memory", "trial"), ()),
+    ("maml-trial-lru", "maml + trial memory", "lru", ("--backbone", "lru", "--memory", "trial"), ()),
+    ("rl2-gru", "rl2 (in context only)", "gru", ("--backbone", "gru", "--memory", "trial", "--inner-steps", "0"),
+     IN_CONTEXT),
+    ("rl2-lru", "rl2 (in context only)", "lru", ("--backbone", "lru", "--memory", "trial", "--inner-steps", "0"),
+     IN_CONTEXT),
+    ("multitask-mlp", "multitask (no inner step)", "mlp", ("--backbone", "mlp", "--inner-steps", "0"), ()),
 )
 BY_NAME = {v[0]: v for v in VARIANTS}
 #: every run's shared flags: 2 episodes per sub-env per phase, one process (one core) per run
@@ -54,12 +60,18 @@ def defaults(argv: list[str] | None) -> dict:
             "root": f"runs/trial-memory/{task}", "results": f"docs/results/trial_memory_{task}.json"}
 
 
-def curve(out: str) -> tuple[list[float], list[float]]:
-    """(env steps, held-out return after one step) of a run's evaluations inside training."""
+def curve(out: str, key: str = "eval/return_step_1") -> tuple[list[float], list[float]]:
+    """(env steps, held-out ``key``: by default the return after one step) of a run's evaluations in training."""
     path = Path(out) / "results.json"
     records = json.loads(path.read_text(encoding="utf-8"))["records"] if path.exists() else []
-    pts = [(r["env_steps/lifetime"], r["eval/return_step_1"]) for r in records if "eval/return_step_1" in r]
+    pts = [(r["env_steps/lifetime"], r[key]) for r in records if key in r]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def curve_key(name: str) -> str:
+    """The curve's metric: after one step; for RL² (in context only) the trial's first phase, θ unchanged (the
+    evaluation inside training takes a gradient step with the config's inner lr, which RL² never trained for)."""
+    return "eval/return_step_0" if BY_NAME[name][4] == IN_CONTEXT else "eval/return_step_1"
 
 
 def plot(data: dict, root: str, path: Path) -> None:
@@ -71,10 +83,12 @@ def plot(data: dict, root: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, runs in data["runs"].items():
-        curves = [curve(str(Path(root) / name / f"seed{seed}")) for seed in runs]
+        curves = [curve(str(Path(root) / name / f"seed{seed}"), curve_key(name)) for seed in runs]
         n = min((len(x) for x, _ in curves), default=0)
+        phase = " (phase 0, in context)" if curve_key(name).endswith("_0") else ""
         if n:
-            ax.plot(curves[0][0][:n], np.mean([y[:n] for _, y in curves], axis=0), label=f"{name} ({len(curves)})")
+            ax.plot(curves[0][0][:n], np.mean([y[:n] for _, y in curves], axis=0),
+                    label=f"{name}{phase} ({len(curves)} seeds)")
     ax.set(xlabel="training env steps", ylabel="held-out return after 1 step", title=data["task"])
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()

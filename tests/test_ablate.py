@@ -84,6 +84,10 @@ def test_trial_memory_bench_plans_equal_env_steps_for_every_method(tmp_path, cap
     for name in ("rl2-gru", "rl2-lru", "multitask-mlp"):
         assert f"{name} seed 1: 125 iterations x 40,000 env steps" in out
     assert out.count("--memory trial") == 8 and out.count("--inner-steps 0") == 6  # x 2 seeds
+    # RL² is evaluated in context (θ unchanged for the query phase), every other variant with its inner step
+    evals = [line for line in out.splitlines() if "metarl evaluate" in line]
+    assert [("--inner-lr 0" in line) for line in evals] == [("/rl2-" in line) for line in evals] and len(evals) == 14
+    assert bench.curve_key("rl2-lru") == "eval/return_step_0" and bench.curve_key("maml-trial-gru").endswith("_1")
     assert "--episodes-per-task 20 --num-envs-per-runner 10" in out and not (tmp_path / "t.json").exists()
 
 
