@@ -12,9 +12,10 @@ for every variant (iterations = budget / env steps per iteration: RL² and multi
 so they run twice the iterations), 2 seeds, a held-out evaluation every 10 iterations inside the run (the curve)
 and ``metarl evaluate`` at the end (before and after one inner step; with trial memory also the return of each
 episode within a phase; RL², which adapts in context only, is evaluated with ``--inner-lr 0``: its "after one
-step" is the query phase of the same trial, θ unchanged, after the same support episodes as the MAML variants). Writes ``docs/results/trial_memory_<task>.json``, ``..._curve.png`` (held-out return
-after one step vs env steps, mean over seeds) and prints the table. The machinery (plan, resume, bootstrap
-intervals) is ``benchmarks/ablate_hcdir.py``'s.
+step" is the query phase of the same trial, θ unchanged, after the same support episodes as the MAML variants).
+Writes ``docs/results/trial_memory_<task>.json``, ``..._curve.png`` (held-out return after one step vs env steps,
+mean over seeds) and prints the tables (``phase_table``: per phase and per episode
+within each phase). The machinery (plan, resume, bootstrap intervals) is ``benchmarks/ablate_hcdir.py``'s.
 """
 
 from __future__ import annotations
@@ -96,18 +97,25 @@ def plot(data: dict, root: str, path: Path) -> None:
     plt.close(fig)
 
 
-def in_context_table(data: dict) -> str:
-    """Return of episode j within the query phase (after one step), mean over seeds, trial-memory variants."""
-    rows = []
-    for name, runs in data["runs"].items():
-        eps = [r["return_per_episode"][-1] for r in runs.values() if r.get("return_per_episode")]
-        if eps:
-            rows.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in np.mean(eps, axis=0)) + " |")
-    if not rows:
-        return ""
-    q = rows[0].count("|") - 2
-    head = "| variant | " + " | ".join(f"query episode {j + 1}" for j in range(q)) + " |"
-    return "\n".join([head, "|---|" + "---:|" * q, *rows])
+def phase_table(data: dict) -> str:
+    """Per variant, mean over seeds x held-out tasks: the return of the first phase (θ) and of the query phase
+    (after one step; RL²: θ unchanged, in context), and with trial memory the return of each episode j within
+    each phase (what the state carried across episodes adds)."""
+    done = {n: [r for r in runs.values() if r.get("done")] for n, runs in data["runs"].items()}
+    per_ep = [len(r["return_per_episode"][0]) for rs in done.values() for r in rs if r.get("return_per_episode")]
+    q = max(per_ep, default=0)
+    head = ["variant", "seeds", "phase 0 (θ)", "query phase (after 1 step)",
+            *(f"phase 0, episode {j + 1}" for j in range(q)), *(f"query, episode {j + 1}" for j in range(q))]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, runs in done.items():
+        if not runs:
+            continue
+        cells = [name, str(len(runs)), f"{np.mean([r['task_returns_step_0'] for r in runs]):.1f}",
+                 f"{np.mean([r['task_returns'] for r in runs]):.1f}"]
+        eps = [r["return_per_episode"] for r in runs if r.get("return_per_episode")]
+        cells += [f"{v:.1f}" for v in np.mean(eps, axis=0).ravel()] if eps else ["—"] * (2 * q)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     data = json.loads(results.read_text(encoding="utf-8"))
     plot(data, args.root, results.with_name(results.stem + "_curve.png"))
-    print(in_context_table(data))
+    print(phase_table(data))
     return code
 
 

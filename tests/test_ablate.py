@@ -122,3 +122,21 @@ def test_hcdir_long_writes_its_curve_and_crossings(tmp_path, capsys):
     assert steps == [160, 320] and all(r < 0 for r in returns)
     assert results.with_name("long_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "not reached" in capsys.readouterr().out
+
+
+def test_trial_memory_phase_table_means_over_seeds_and_tasks():
+    spec = importlib.util.spec_from_file_location("trial_memory_bench", ROOT / "benchmarks" / "trial_memory_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trial = {"done": True, "task_returns_step_0": [-4.0, -2.0], "task_returns": [1.0, 3.0],
+             "return_per_episode": [[-3.5, -2.5], [1.5, 2.5]]}
+    data = {"runs": {
+        "maml-trial-gru": {"0": trial, "1": {**trial, "task_returns": [5.0, 7.0], "return_per_episode": [[-3.5, -2.5],
+                                                                                                       [5.5, 6.5]]}},
+        "maml-mlp": {"0": {"done": True, "task_returns_step_0": [-10.0, -20.0], "task_returns": [0.0, 1.0]},
+                     "1": {"done": False}},  # an unfinished seed is not counted
+    }}
+    lines = bench.phase_table(data).splitlines()
+    # query phase: mean of (1, 3, 5, 7) = 4; query episode 1: mean of (1.5, 5.5) = 3.5
+    assert lines[2] == "| maml-trial-gru | 2 | -3.0 | 4.0 | -3.5 | -2.5 | 3.5 | 4.5 |"
+    assert lines[3] == "| maml-mlp | 1 | -15.0 | 0.5 | — | — | — | — |"
