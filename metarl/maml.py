@@ -65,9 +65,10 @@ def inner_step(loss: torch.Tensor, params: Params, *, lr: LearningRate, first_or
     Second order keeps the graph of the gradient (``create_graph=True``) so that the meta-gradient contains the
     Hessian term; first order uses a detached gradient, so θ' still depends on θ through the identity only.
     Parameters that ``loss`` does not depend on (gradient ``None``) are returned unchanged.
-    ``lr`` is a positive float or a dict name -> positive float covering every name in ``params``.
+    ``lr`` is a float >= 0 or a dict name -> such float covering every name in ``params`` (0: θ' = θ, the step
+    of a policy evaluated in context only).
     """
-    check_lr(lr, names=params.keys())
+    check_lr(lr, names=params.keys(), allow_zero=True)
     names = list(params)
     tensors = [params[n] for n in names]
     frozen = [n for n, t in zip(names, tensors) if not t.requires_grad]
@@ -88,7 +89,7 @@ def adapt(
     num_steps: int = 1,
     first_order: bool = False,
 ) -> Params:
-    """``num_steps`` inner steps θ_{k+1} = θ_k - lr·∇ loss_fn(θ_k), starting from θ_0 = ``params``."""
+    """``num_steps`` inner steps θ_{k+1} = θ_k - lr·∇ loss_fn(θ_k), starting from θ_0 = ``params`` (lr > 0)."""
     check_lr(lr, names=params.keys())
     check_steps(num_steps, name="num_steps")
     for _ in range(num_steps):
@@ -246,19 +247,22 @@ class MetaMAML:
 # Input checks at the public boundaries (ValueError naming the argument, the value and what is allowed).
 
 
-def check_lr(lr, *, name: str = "lr", names=None) -> None:
-    """``lr`` must be a finite float > 0, or a dict name -> such float covering ``names`` (tensors: unchecked)."""
+def check_lr(lr, *, name: str = "lr", names=None, allow_zero: bool = False) -> None:
+    """``lr`` must be a finite float > 0 (>= 0 with ``allow_zero``: a step of 0 leaves θ unchanged), or a dict
+    name -> such float covering ``names`` (tensors: unchecked)."""
     if isinstance(lr, Mapping):
         missing = sorted(set(names or ()) - set(lr))
         if missing:
             raise ValueError(f"{name} dict has no learning rate for parameters {missing}")
         for key, value in lr.items():
-            check_lr(value, name=f"{name}[{key!r}]")
+            check_lr(value, name=f"{name}[{key!r}]", allow_zero=allow_zero)
         return
     if isinstance(lr, torch.Tensor):  # learned (Meta-SGD style) rates: the caller owns their sign
         return
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"{name} must be a finite number > 0 (or a dict of them), got {lr!r}")
+    bound = ">= 0" if allow_zero else "> 0"
+    if (isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr)
+            or lr < 0 or (lr == 0 and not allow_zero)):
+        raise ValueError(f"{name} must be a finite number {bound} (or a dict of them), got {lr!r}")
 
 
 def check_steps(num_steps, *, name: str = "num_steps") -> None:

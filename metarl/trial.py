@@ -125,7 +125,7 @@ def adapt_trial(net: PolicyNet, params: Params, support: Sequence[dict[str, torc
     each phase run as sequences (``compact_phase``, ``sequence_log_prob``): what the runner (``sample_trial``, one
     phase from the carry it sampled with) and ``MetaPolicy.adapt`` compute. Returns (θ_K, the carry at the end of
     the support phases, a function of θ, the inner losses)."""
-    check_lr(lr, names=params.keys())
+    check_lr(lr, names=params.keys(), allow_zero=True)
     loss_fn = inner_objective(objective)
     carry = (carry or TrialCarry()).filled(net, n)
     state, prev_a, prev_r = carry.state, carry.prev_action, carry.prev_reward
@@ -143,7 +143,7 @@ def adapt_trial_steps(net: PolicyNet, params: Params, support: Sequence[dict[str
                       lr: float, first_order: bool, objective: str = "vpg") -> tuple[Params, TrialCarry, list[float]]:
     """``adapt_trial`` from a new trial, every phase replayed one step at a time through the layout with masks
     (``phase_log_prob``): the reference loop's (``trial_meta_gradient_loop``)."""
-    check_lr(lr, names=params.keys())
+    check_lr(lr, names=params.keys(), allow_zero=True)
     loss_fn = inner_objective(objective)
     carry, losses = None, []
     for phase in support:

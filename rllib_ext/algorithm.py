@@ -133,7 +133,7 @@ class MAML(Algorithm):
                                num_tasks=cfg.eval_tasks, test_seed=cfg.eval_test_seed,
                                inner_steps=cfg.eval_inner_steps,
                                episodes=cfg.eval_episodes or cfg.episodes_per_task, seed=cfg.eval_seed,
-                               trial_envs=trial_envs_of(cfg))
+                               trial_envs=trial_envs_of(cfg), inner_lr=cfg.eval_inner_lr)
         return per_task, heldout_metrics(per_task)
 
     def _eval_due(self, iteration: int, trained_steps: int) -> bool:

@@ -160,6 +160,9 @@ FIELDS: tuple[Field, ...] = (
     _meta("eval_episodes", int, None, "episodes per test task per step (a multiple of num_envs_per_env_runner)",
           lo=1, none="episodes_per_task"),
     _meta("eval_inner_steps", int, 1, "inner steps K of the evaluation (every method adapts, multitask too)", lo=0),
+    _meta("eval_inner_lr", float, None, "α of the evaluation's inner steps; 0: θ unchanged, so the query phase "
+          "continues the trial in context (RL²'s adaptation: the sweep's rl2 uses it; also `metarl evaluate`'s "
+          "default)", lo=0, none="inner_lr"),
     _meta("eval_test_seed", int, 1, "seed of the held-out test-task set (metarl evaluate --test-seed)", lo=0),
     _meta("eval_seed", int, 0, "seed of the evaluation episodes (metarl evaluate --seed)", lo=0),
     _meta("budget_env_steps", int, None, "the run's training budget in env_steps/lifetime (metarl sweep "

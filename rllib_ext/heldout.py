@@ -29,10 +29,12 @@ def heldout_tasks(task: str, task_options: dict, *, num_tasks: int, test_seed: i
     return tasks.make(task, **task_options).unwrapped.test_tasks(num_tasks, seed=test_seed)
 
 
-def heldout_jobs(test_tasks: Sequence, *, inner_steps: int, episodes: int, seed: int) -> list[TaskJob]:
-    """One job per test task; task i's episodes are seeded by ``derive_seed(seed, i)``."""
+def heldout_jobs(test_tasks: Sequence, *, inner_steps: int, episodes: int, seed: int,
+                 inner_lr: float | None = None) -> list[TaskJob]:
+    """One job per test task; task i's episodes are seeded by ``derive_seed(seed, i)``; ``inner_lr``: the α of
+    the inner steps (None: the config's; 0: θ unchanged, the query phase continues a trial in context)."""
     return [TaskJob(task=t, task_index=i, iteration=-1, seed=derive_seed(seed, i), inner_steps=inner_steps,
-                    episodes_per_task=episodes) for i, t in enumerate(test_tasks)]
+                    episodes_per_task=episodes, inner_lr=inner_lr) for i, t in enumerate(test_tasks)]
 
 
 def episode_success(batches) -> list[list[float]] | None:
@@ -68,11 +70,12 @@ def per_task_record(result: TaskResult, *, trial_envs: int | None = None) -> dic
 
 def run_heldout(run_jobs: Callable[[list[TaskJob]], list[TaskResult]], *, task: str, task_options: dict,
                 num_tasks: int, test_seed: int, inner_steps: int, episodes: int, seed: int,
-                trial_envs: int | None = None) -> list[dict]:
+                trial_envs: int | None = None, inner_lr: float | None = None) -> list[dict]:
     """Adapt on every held-out test task with ``run_jobs``; one ``per_task_record`` per task, in task order.
-    ``trial_envs``: the runners' sub-envs when they run trial memory (adds ``phase_returns``); None: episode memory."""
+    ``trial_envs``: the runners' sub-envs when they run trial memory (adds ``phase_returns``); None: episode memory.
+    ``inner_lr``: ``heldout_jobs``'."""
     jobs = heldout_jobs(heldout_tasks(task, task_options, num_tasks=num_tasks, test_seed=test_seed),
-                        inner_steps=inner_steps, episodes=episodes, seed=seed)
+                        inner_steps=inner_steps, episodes=episodes, seed=seed, inner_lr=inner_lr)
     results = {r.task_index: r for r in run_jobs(jobs)}
     return [per_task_record(results[j.task_index], trial_envs=trial_envs) for j in jobs]
 

@@ -30,12 +30,21 @@ class TaskJob:
     inner_steps: int  # K: support episodes with θ_0..θ_{K-1}, an inner step after each, query with θ_K
     episodes_per_task: int  # episodes per step (a multiple of the runner's sub-envs)
     return_params: bool = False  # tests: also return the adapted parameters θ_1..θ_K
+    inner_lr: float | None = None  # α of this job's inner steps (None: the config's inner_lr; 0: θ unchanged)
 
     def __post_init__(self):
         for name, lo in (("inner_steps", 0), ("episodes_per_task", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"TaskJob.{name} = {v!r} must be an integer >= {lo}")
+        lr = self.inner_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0
+                               or lr == float("inf")):
+            raise ValueError(f"TaskJob.inner_lr = {lr!r} must be a finite number >= 0, or None (the config's)")
+
+    def lr(self, config_lr: float) -> float:
+        """The α of this job's inner steps."""
+        return config_lr if self.inner_lr is None else float(self.inner_lr)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
                 lambda p, o, a: functional_log_prob(net, p, o, a)[0],
                 {n: v.requires_grad_() for n, v in params.items()},
                 [batch.tensors(p0.dtype, self._device)],
-                lr=cfg.inner_lr,
+                lr=job.lr(cfg.inner_lr),
                 gamma=cfg.gamma,
                 first_order=True,
                 normalize_advantages=cfg.normalize_advantages,
@@ -98,7 +98,7 @@ class MAMLEnvRunner(SingleAgentEnvRunner):
         t0 = time.perf_counter()
         batches, adapted, losses = trial.sample_trial(
             self.sub_envs(), self.module.net, inner_steps=job.inner_steps, num_episodes=job.episodes_per_task,
-            seed=job.seed, lr=cfg.inner_lr, gamma=cfg.gamma, objective=cfg.inner_objective,
+            seed=job.seed, lr=job.lr(cfg.inner_lr), gamma=cfg.gamma, objective=cfg.inner_objective,
             normalize_advantages=cfg.normalize_advantages, trial_returns=cfg.uses_trial_returns,
             weights_prefix=f"{job.iteration}/")
         return TaskResult(

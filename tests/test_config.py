@@ -55,6 +55,7 @@ BAD_CONFIGS = [  # (change, what the message must name: "field = value", or a tu
     (lambda c: c.meta(init_log_std=NAN), "init_log_std = nan"),
     (lambda c: c.meta(inner_lr=INF), "inner_lr = inf"),
     (lambda c: c.meta(inner_lr=0.0), "inner_lr = 0.0"),
+    (lambda c: c.meta(eval_inner_lr=-0.5), "eval_inner_lr = -0.5"),
     (lambda c: c.meta(horizon=0), "horizon = 0"),
     (lambda c: c.meta(clip_param=1.0), "clip_param = 1.0"),
     (lambda c: c.training(gamma=1.01), "gamma = 1.01"),

@@ -375,3 +375,17 @@ def test_meta_gradient_matches_reference_for_backbones(name, steps, first_order)
     for n, p, ref in zip(names, theta, ref_grads):
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), f"{name}: {n} got no meta-gradient"
         torch.testing.assert_close(p.grad, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_an_inner_step_of_zero_keeps_theta_but_meta_maml_refuses_it():
+    """lr = 0 is a legal inner step (θ' = θ: the held-out step of a policy that adapts in context only); the
+    research API's MetaMAML still asks for an inner lr > 0, and a negative lr is refused everywhere."""
+    model = torch.nn.Linear(3, 1)
+    params = {k: v for k, v in model.named_parameters()}
+    loss = model(torch.randn(4, 3)).pow(2).sum()
+    kept = inner_step(loss, params, lr=0.0, first_order=True)
+    assert all(torch.equal(kept[k], params[k]) for k in params)
+    with pytest.raises(ValueError, match=r"lr must be a finite number >= 0"):
+        inner_step(loss, params, lr=-0.1)
+    with pytest.raises(ValueError, match=r"inner_lr must be a finite number > 0"):
+        MetaMAML(model, inner_lr=0.0)

@@ -185,7 +185,7 @@ def sweep_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trial_sweep")
     args = add_arguments(argparse.ArgumentParser()).parse_args(
-        ["--backbones", "gru", "--tasks", NAV, "--methods", "maml", "--memory", "episode,trial", "--seeds", "1",
+        ["--backbones", "gru", "--tasks", NAV, "--methods", "maml,rl2", "--memory", "episode,trial", "--seeds", "1",
          "--smoke", "--iterations", "1", "--storage", str(root), "--name", "mem"])
     p = plan(args)
     p["size"] = with_size(p["size"], episodes_per_task=4)  # 2 sub-envs: 2 episodes per sub-env and phase
@@ -194,7 +194,7 @@ def sweep_dir(tmp_path_factory):
         grid = run_sweep(p, echo=lambda s: None)
     finally:
         ray.shutdown()
-    assert len(grid) == 2 and all(r.error is None for r in grid), [r.error for r in grid]
+    assert len(grid) == 3 and all(r.error is None for r in grid), [r.error for r in grid]
     return root / "mem"
 
 
@@ -216,9 +216,9 @@ def test_memory_sweep_evaluates_in_context_and_evaluate_and_policy_agree(sweep_d
     from rllib_ext.policy import load_policy
 
     dirs = _trial_dirs(sweep_dir)
-    assert set(dirs) == {"maml", "maml+trial"}
+    assert set(dirs) == {"maml", "maml+trial", "rl2"}
     assert {m: json.loads((d / "params.json").read_text())["memory"] for m, d in dirs.items()} == {
-        "maml": "episode", "maml+trial": "trial"}
+        "maml": "episode", "maml+trial": "trial", "rl2": "trial"}
     assert all(d.name.startswith(f"{NAV}_gru_{m}_s0_") for m, d in dirs.items())
     row = _last_row(dirs["maml+trial"])
     assert not any("_episode_" in c for c in _last_row(dirs["maml"]))
@@ -267,10 +267,34 @@ def test_memory_sweep_report_labels_trial_memory_and_tables_its_curve(sweep_dir)
     assert f"| {NAV} | gru | maml |" in training and f"| {NAV} | gru | maml+trial |" in training
     section = md.split("## In-context adaptation (trial memory)")[1].split("\n## ")[0]
     lines = [ln for ln in section.splitlines() if ln.startswith("| gru")]
-    assert len(lines) == 2 and all("| maml+trial |" in ln for ln in lines)
-    for k, line in enumerate(lines):
+    assert len(lines) == 4 and [ln.split("|")[2].strip() for ln in lines] == ["maml+trial"] * 2 + ["rl2"] * 2
+    for k, line in enumerate(lines[:2]):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[3] == str(k)
         for j in (1, 2):
             v = float(row[f"eval/return_step_{k}_episode_{j}"])
             assert cells[3 + j] == f"{v:.2f} ± 0.00" and not math.isnan(v)
+
+
+@pytest.mark.timeout(300)
+def test_rl2_is_evaluated_in_context_in_the_sweep_and_by_evaluate(sweep_dir):
+    """The sweep's rl2 trial evaluates with eval_inner_lr = 0 (θ unchanged: the query phase continues the trial);
+    ``metarl evaluate`` on its checkpoint defaults to the same α and gives the logged numbers; an explicit
+    ``inner_lr=0`` is the same evaluation, the training α (0.1) a different one."""
+    from metarl.apps.evaluate import evaluate
+
+    rl2 = _trial_dirs(sweep_dir)["rl2"]
+    assert json.loads((rl2 / "params.json").read_text())["eval_inner_lr"] == 0.0
+    row = _last_row(rl2)
+    ckpt = max(rl2.glob("checkpoint_*"))
+    res = evaluate(ckpt, adapt_steps=1, episodes=4, num_tasks=2, num_envs=2, seed=0)
+    assert res["inner_lr"] == 0.0
+    for k, s in enumerate(res["steps"]):
+        assert s["return_mean"] == pytest.approx(float(row[f"eval/return_step_{k}"]), rel=1e-5)
+    explicit = evaluate(ckpt, adapt_steps=1, episodes=4, num_tasks=2, num_envs=2, seed=0, inner_lr=0)
+    assert [s["return_mean"] for s in explicit["steps"]] == [s["return_mean"] for s in res["steps"]]
+    stepped = evaluate(ckpt, adapt_steps=1, episodes=4, num_tasks=2, num_envs=2, seed=0, inner_lr=0.1)
+    assert stepped["steps"][0]["return_mean"] == res["steps"][0]["return_mean"]  # the same first phase
+    assert stepped["steps"][1]["return_mean"] != res["steps"][1]["return_mean"]
+    with pytest.raises(ValueError, match=r"inner_lr = -1.0 must be a finite number >= 0"):
+        evaluate(ckpt, adapt_steps=1, episodes=4, num_tasks=1, inner_lr=-1.0)

@@ -127,13 +127,13 @@ def test_rl2_method_in_the_sweep_grid_is_trial_memory_without_inner_step():
     widths = {"bandit": {"gru": {"width": 8, "backbone_params": 0}}}
     space = param_space(size, backbones=["gru"], task_names=["bandit"], seeds=1, methods=["maml", "multitask", "rl2"],
                         widths=widths)
-    got = {cfg["method"]: (cfg["inner_steps"], cfg["memory"]) for _, cfg in generate_variants(space)}
-    assert got == {"maml": (size.inner_steps, "episode"), "multitask": (0, "episode"), "rl2": (0, "trial")}
-    for method in got:  # the trial config validates (memory, inner_steps and fields together)
-        cfg = MAMLConfig().update_from_dict({k: v for k, v in space.items() if k not in ("method",)} | {
-            "task": "bandit", "backbone": "gru", "width": 8, "seed": 0, "inner_steps": got[method][0],
-            "memory": got[method][1]})
-        cfg.validate_meta(local_learner_here=False)
+    resolved = {cfg["method"]: cfg for _, cfg in generate_variants(space)}
+    got = {m: (cfg["inner_steps"], cfg["memory"], cfg["eval_inner_lr"]) for m, cfg in resolved.items()}
+    assert got == {"maml": (size.inner_steps, "episode", None), "multitask": (0, "episode", None),
+                   "rl2": (0, "trial", 0.0)}
+    for cfg in resolved.values():  # the trial config validates (memory, inner_steps and fields together)
+        MAMLConfig().update_from_dict({k: v for k, v in cfg.items() if k != "method"}).validate_meta(
+            local_learner_here=False)
 
 
 @pytest.mark.parametrize("backbone", ["gru", "mlp"])
@@ -178,3 +178,34 @@ def test_resume_refuses_to_change_memory_structure(field, old, new):
     after = run_folder.provenance_config(tiny(memory="episode").meta(**{field: new}))
     with pytest.raises(ValueError, match=f"different model/task.*{field}"):
         run_folder._check_structure(argparse.Namespace(out="runs/x"), before, after, where="results.json")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("memory", ["trial", "episode"])
+def test_a_job_with_inner_lr_zero_keeps_theta_and_the_trial_runs_on(memory):
+    """``TaskJob.inner_lr = 0`` (held-out RL²: ``eval_inner_lr = 0``): θ_1 is θ exactly, so the query phase is the
+    same policy; with trial memory it continues the trial from the carried state (its episodes differ from a new
+    trial's); ``inner_lr = None`` takes the config's α (θ_1 moves)."""
+    cfg = tiny(memory=memory, inner_steps=1)
+    algo, runner, _ = build(cfg)
+    try:
+        task = runner.env.unwrapped.envs[0].unwrapped.sample_tasks(1, seed=3)[0]
+        theta = {k: v.detach().clone() for k, v in runner.module.net.named_parameters()}
+
+        def run(lr):
+            return runner.run_task(TaskJob(task=task, task_index=0, iteration=0, seed=3, inner_steps=1,
+                                           episodes_per_task=4, return_params=True, inner_lr=lr))
+
+        kept, moved = run(0.0), run(None)
+        for k, v in theta.items():
+            assert torch.equal(kept.adapted_params[0][k], v)
+        assert any(not torch.equal(moved.adapted_params[0][k], v) for k, v in theta.items())
+        assert np.array_equal(kept.support[0].obs, moved.support[0].obs)  # the same support phase
+    finally:
+        algo.stop()
+
+
+def test_a_job_refuses_a_negative_or_infinite_inner_lr():
+    for lr in (-0.1, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match=r"TaskJob.inner_lr = .* must be a finite number >= 0"):
+            TaskJob(task=None, task_index=0, iteration=0, seed=0, inner_steps=1, episodes_per_task=2, inner_lr=lr)

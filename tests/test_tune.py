@@ -92,6 +92,8 @@ def test_memory_axis_crosses_methods_except_rl2_and_labels_trial_memory():
     want = {"maml": (k, "episode"), "maml+trial": (k, "trial"), "multitask": (0, "episode"),
             "multitask+trial": (0, "trial"), "rl2": (0, "trial")}
     assert got == {(m, s): v for m, v in want.items() for s in (0, 1)}
+    # held out, RL² keeps θ for the query phase (in context); every other method takes its inner step
+    assert {t["method"]: t["eval_inner_lr"] for t in trials} == {**{m: None for m in want}, "rl2": 0.0}
     for t in trials:  # every trial's config validates (memory, inner_steps and the size's fields together)
         MAMLConfig().update_from_dict({k: v for k, v in t.items() if k != "method"}).validate_meta(
             local_learner_here=False)

@@ -6,7 +6,8 @@ One trial = one ``MAML`` run of ``MAMLConfig`` with these fields set by the grid
     backbone   in --backbones      (metarl.models.available(); default: all of them)
     method     in {"maml", "multitask", "rl2"}   multitask = .meta(inner_steps=0): θ trained on the same tasks
                                            without the inner step (the non-meta baseline); rl2 =
-                                           .meta(inner_steps=0, memory="trial"): adapts in context only (RL²)
+                                           .meta(inner_steps=0, memory="trial"): adapts in context only (RL²;
+                                           held out with eval_inner_lr=0: θ unchanged, its trial goes on)
                x --memory {episode, trial}: maml and multitask with trial memory are the methods "maml+trial"
                                            and "multitask+trial" (.meta(memory="trial")); rl2 is trial memory
                                            by definition, so it is not crossed (``method_labels``)
@@ -217,6 +218,9 @@ def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str],
     )
     if any(method_settings(m)[1] != "episode" for m in methods):  # else the config's own memory field stays as is
         space["memory"] = tune.sample_from(lambda config: method_settings(config["method"])[1])
+    if "rl2" in methods:  # RL² adapts in context: held out, θ stays unchanged for the query phase
+        own = space.get("eval_inner_lr")
+        space["eval_inner_lr"] = tune.sample_from(lambda config: 0.0 if config["method"] == "rl2" else own)
     return space
 
 

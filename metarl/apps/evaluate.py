@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--num-tasks", type=int, default=40, help="held-out test tasks (MAML paper: 40)")
     parser.add_argument("--num-envs", type=int, default=None, help="sub-envs (a divisor of --episodes; default <= 10; trial memory: one trial per "
                         "sub-env, default <= the checkpoint's sub-envs per runner)")
-    parser.add_argument("--inner-lr", type=float, default=None, help="α of the inner step (default: the checkpoint's)")
+    parser.add_argument("--inner-lr", type=float, default=None, help="α of the inner step, >= 0; 0: θ unchanged, adaptation in context only (RL²) "
+                             "(default: the run's eval_inner_lr, else its inner_lr)")
     parser.add_argument("--test-seed", type=int, default=1, help="seed of the test-task set (MAML paper: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes")
     parser.add_argument("--out", default=None, help="write the results to this JSON file")
@@ -71,8 +72,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
     num_envs = num_envs or _largest_divisor(
         episodes, at_most=cfg.num_envs_per_env_runner if cfg.memory == "trial" else 10)
     cfg.meta(inner_steps=adapt_steps, episodes_per_task=episodes)  # what runs (the jobs carry it), as recorded
-    if inner_lr is not None:
-        cfg.meta(inner_lr=inner_lr)
+    lr = eval_lr(cfg, inner_lr)
     cfg.env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs)
 
     runner = MAMLEnvRunner(config=cfg)
@@ -81,10 +81,10 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
         # the same function as the evaluation inside a trial (MAML.evaluate_heldout): same tasks, seeds, jobs
         per_task = run_heldout(runner.run_tasks, task=cfg.task, task_options=cfg.task_options, num_tasks=num_tasks,
                                test_seed=test_seed, inner_steps=adapt_steps, episodes=episodes, seed=seed,
-                               trial_envs=trial_envs_of(cfg))
+                               trial_envs=trial_envs_of(cfg), inner_lr=lr)
     finally:
         runner.stop()
-    check_finite_returns(per_task, inner_lr=cfg.inner_lr)
+    check_finite_returns(per_task, inner_lr=lr)
     rets = np.array([t["returns"] for t in per_task])  # (tasks, N+1, K)
     steps = np.array([t["env_steps"] for t in per_task]).sum(0)  # (N+1,)
     task_means = rets.mean(2)  # (tasks, N+1)
@@ -109,7 +109,7 @@ def evaluate(checkpoint, *, adapt_steps: int, episodes: int, num_tasks: int = 40
         "adapt_steps": adapt_steps,
         "episodes": episodes,
         "num_tasks": num_tasks,
-        "inner_lr": cfg.inner_lr,
+        "inner_lr": lr,
         "steps": summary,
         "per_task": per_task,
         "provenance": provenance(config=cfg, seeds={"seed": seed, "test_seed": test_seed},
@@ -181,6 +181,17 @@ def _load_policy_weights(module, cfg, ckpt) -> None:
             raise
         raise named from e
     check_finite_parameters(module, ckpt)
+
+
+def eval_lr(cfg, inner_lr: float | None) -> float:
+    """The α of the evaluation's inner steps: ``inner_lr`` if given (a finite number >= 0; 0: θ unchanged, the
+    query phase continues the trial in context), else the run's ``eval_inner_lr``, else its ``inner_lr``."""
+    if inner_lr is None:
+        return cfg.inner_lr if cfg.eval_inner_lr is None else cfg.eval_inner_lr
+    if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or not 0 <= inner_lr < float("inf"):
+        raise ValueError(f"evaluate(): inner_lr = {inner_lr!r} must be a finite number >= 0 (0: θ unchanged, "
+                         "adaptation in context only), or None (the run's)")
+    return float(inner_lr)
 
 
 def check_finite_returns(per_task: list[dict], *, inner_lr: float) -> None:
