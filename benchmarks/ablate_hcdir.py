@@ -224,5 +224,15 @@ def main(argv: list[str] | None = None, **table) -> int:
     return 0
 
 
+def run_and_load(argv: list[str] | None = None, **table) -> tuple[int, argparse.Namespace, dict | None]:
+    """``main(argv, **table)``, then (its exit code, its flags, the JSON it wrote; None on a dry run or when
+    nothing was written): for the benchmarks built on this one."""
+    code = main(argv, **table)
+    args = parse_args(argv, **table)
+    results = Path(args.results)
+    data = None if args.dry_run or not results.exists() else json.loads(results.read_text(encoding="utf-8"))
+    return code, args, data
+
+
 if __name__ == "__main__":
     sys.exit(main())

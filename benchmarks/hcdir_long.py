@@ -115,13 +115,10 @@ def plot(data: dict, root: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    table = {"by_name": BY_NAME, "doc": __doc__, "defaults": defaults()}
-    code = ablate.main(argv, **table)
-    args = ablate.parse_args(argv, **table)
-    results = Path(args.results)
-    if args.dry_run or not results.exists():
+    code, args, data = ablate.run_and_load(argv, by_name=BY_NAME, doc=__doc__, defaults=defaults())
+    if data is None:
         return code
-    data = json.loads(results.read_text(encoding="utf-8"))
+    results = Path(args.results)
     data["crossings"] = crossings(data, args.root)
     results.write_text(json.dumps(data, indent=1), encoding="utf-8")
     plot(data, args.root, results.with_name(results.stem + "_curve.png"))

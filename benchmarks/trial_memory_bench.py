@@ -119,13 +119,10 @@ def phase_table(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    table = {"by_name": BY_NAME, "doc": __doc__, "defaults": defaults(argv)}
-    code = ablate.main(argv, **table)
-    args = ablate.parse_args(argv, **table)
-    results = Path(args.results)
-    if args.dry_run or not results.exists():
+    code, args, data = ablate.run_and_load(argv, by_name=BY_NAME, doc=__doc__, defaults=defaults(argv))
+    if data is None:
         return code
-    data = json.loads(results.read_text(encoding="utf-8"))
+    results = Path(args.results)
     plot(data, args.root, results.with_name(results.stem + "_curve.png"))
     print(phase_table(data))
     return code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 
@@ -85,3 +86,12 @@ def tiny_gaussian_mlp(g: torch.Generator, obs_dim: int, hidden: int, act_dim: in
         "w2": torch.randn(act_dim, hidden, generator=g) * 0.5, "b2": torch.randn(act_dim, generator=g) * 0.1,
         "log_std": torch.full((act_dim,), -0.3),
     }
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (the scripts are not a package), loaded fresh."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

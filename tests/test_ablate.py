@@ -7,17 +7,15 @@ JSON holds every run's held-out per-task returns and the summary interval; the m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("ablate_hcdir", ROOT / "benchmarks" / "ablate_hcdir.py")
-ablate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablate)
+ablate = load_benchmark("ablate_hcdir")
 
 #: 2 tasks x 2 episodes x (1 inner step + query) x horizon 20 = 160 env steps per iteration
 TINY = "--meta-batch-size 2 --episodes-per-task 2 --num-envs-per-runner 2 --num-env-runners 0 --horizon 20 --width 8"
@@ -72,9 +70,7 @@ def test_tiny_ablation_runs_resumes_and_reports(tmp_path, capsys):
 
 
 def test_trial_memory_bench_plans_equal_env_steps_for_every_method(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("trial_memory_bench", ROOT / "benchmarks" / "trial_memory_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("trial_memory_bench")
     assert bench.main(["--task", "navigation-2d", "--budget", "5000000", "--root", str(tmp_path / "runs"),
                        "--results", str(tmp_path / "t.json"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -91,15 +87,8 @@ def test_trial_memory_bench_plans_equal_env_steps_for_every_method(tmp_path, cap
     assert "--episodes-per-task 20 --num-envs-per-runner 10" in out and not (tmp_path / "t.json").exists()
 
 
-def _hcdir_long():
-    spec = importlib.util.spec_from_file_location("hcdir_long", ROOT / "benchmarks" / "hcdir_long.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_first_crossing_is_the_first_evaluation_at_or_above_the_level():
-    long = _hcdir_long()
+    long = load_benchmark("hcdir_long")
     steps, returns = [1e6, 2e6, 3e6, 4e6], [100.0, 149.9, 150.0, 300.0]
     assert long.first_crossing(steps, returns, 150.0) == 3e6  # at the level counts; below it does not
     assert long.first_crossing(steps, returns, 260.0) == 4e6
@@ -110,7 +99,7 @@ def test_first_crossing_is_the_first_evaluation_at_or_above_the_level():
 def test_hcdir_long_writes_its_curve_and_crossings(tmp_path, capsys):
     """The long run's script at a tiny budget on navigation-2d (real runs): 2 iterations, an evaluation inside
     training at each, the crossings (never: Navigation2D's returns are negative) and the curve PNG written."""
-    long = _hcdir_long()
+    long = load_benchmark("hcdir_long")
     results = tmp_path / "long.json"
     code = long.main(["--task", "navigation-2d", "--seeds", "1", "--budget", "320", "--eval-tasks", "2",
                       "--eval-episodes", "2", "--root", str(tmp_path / "runs"), "--results", str(results),
@@ -125,9 +114,7 @@ def test_hcdir_long_writes_its_curve_and_crossings(tmp_path, capsys):
 
 
 def test_trial_memory_phase_table_means_over_seeds_and_tasks():
-    spec = importlib.util.spec_from_file_location("trial_memory_bench", ROOT / "benchmarks" / "trial_memory_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("trial_memory_bench")
     trial = {"done": True, "task_returns_step_0": [-4.0, -2.0], "task_returns": [1.0, 3.0],
              "return_per_episode": [[-3.5, -2.5], [1.5, 2.5]]}
     data = {"runs": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import load_benchmark
 
 from metarl.apps.layout import Layout, pick_layout, resolve
 
@@ -60,14 +61,7 @@ def test_auto_flags_become_the_layout_of_the_given_cores():
 
 
 def test_run_mujoco_defaults_to_auto_and_metarl_train_to_zero():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "run_mujoco.py"
-    spec = importlib.util.spec_from_file_location("run_mujoco", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = module.build_parser().parse_args([])
+    args = load_benchmark("run_mujoco").build_parser().parse_args([])
     assert (args.num_env_runners, args.num_learners) == ("auto", "auto")
     assert (_args().num_env_runners, _args().num_learners) == (0, 0)
 

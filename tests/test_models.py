@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_benchmark
 from torch.func import functional_call
 
 from metarl import models
@@ -353,13 +354,7 @@ def test_transformer_width_must_split_into_heads():
 
 @pytest.mark.slow
 def test_speed_benchmark_quick_runs(capsys):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "models_speed.py"
-    spec = importlib.util.spec_from_file_location("models_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("models_speed")
     before = torch.get_num_threads()
     try:
         assert bench.main(["--quick", "--no-memory", "--steps", "2"]) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import math
 import pathlib
@@ -16,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import ray
-from conftest import assert_same_run
+from conftest import assert_same_run, load_benchmark
 
 from metarl.apps import flags, run_loop
 from metarl.apps import ray_session as ray_session_mod
@@ -225,10 +224,7 @@ def test_metarl_train_main_in_process_to_file_uri(tmp_path, capsys):
 
 
 def _run_mujoco():
-    spec = importlib.util.spec_from_file_location("run_mujoco", ROOT / "benchmarks" / "run_mujoco.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("run_mujoco")
 
 
 def test_flags_of_metarl_train_and_run_mujoco_match():
