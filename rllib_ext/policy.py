@@ -125,20 +125,24 @@ class MetaPolicy:
         return self.net.trial_input(o, prev_a, prev_r, first), state
 
     def adapt(self, episodes: EpisodeBatch | Sequence[EpisodeBatch], *, lr: float | None = None,
-              steps: int = 1, carry: TrialCarry | None = None, num_envs: int | None = None) -> list[float]:
+              steps: int | None = None, carry: TrialCarry | None = None, num_envs: int | None = None) -> list[float]:
         """θ_{k+1} = θ_k - α ∇ L_inner(θ_k; support_k), kept by the policy; returns the inner losses.
 
-        ``episodes``: one batch, used at every one of the ``steps`` steps, or a list with one batch per step
-        (``steps`` must then equal its length). ``lr`` defaults to the checkpoint's ``inner_lr``.
+        ``episodes``: one batch, used at every one of the ``steps`` steps (default 1), or a list with one batch per
+        step (``steps`` defaults to, and must equal, its length). ``lr`` defaults to the checkpoint's ``inner_lr``
+        (>= 0; 0 keeps θ).
 
         Trial memory (``memory="trial"``): the batches are consecutive phases of ONE trial (a list, one per step),
         replayed from ``carry``, the trial's carry at the first phase's start (None: a new trial), each phase's
         episodes ``num_envs`` sub-envs' trials (default: the carry's rows, else 1), with returns across the
         phase's episodes: ``metarl.trial.adapt_trial``, first order, as the runner adapts.
         """
-        seq = [episodes] * steps if isinstance(episodes, EpisodeBatch) else list(episodes)
-        if not isinstance(steps, int) or steps < 1:
+        single = isinstance(episodes, EpisodeBatch)
+        seq = [episodes] if single else list(episodes)
+        steps = len(seq) if steps is None else steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"adapt(): steps = {steps!r} must be an integer >= 1")
+        seq = seq * steps if single else seq
         if len(seq) != steps:
             raise ValueError(f"adapt(): {len(seq)} episode batches given but steps = {steps}: pass one batch per step")
         if self.memory == "trial" and isinstance(episodes, EpisodeBatch) and len(seq) > 1:
@@ -162,7 +166,7 @@ class MetaPolicy:
             if not bool(torch.isfinite(v).all()):
                 self._adapted = None  # back to θ: a diverged θ' is never acted with
                 raise FloatingPointError(
-                    f"adapt(): after {steps} inner step(s) with lr {self.inner_lr if lr is None else lr}, parameter "
+                    f"adapt(): after {steps} inner step(s) with lr {lr}, parameter "
                     f"{name!r} is not finite (losses {losses}); the policy was reset to θ"
                 )
         return losses

@@ -108,7 +108,7 @@ def test_adapt_over_phases_equals_adapt_trial_on_the_learners_preparation():
         theta = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
         want, want_carry, want_losses = adapt_trial(net, theta, prepared.support, NUM_ENVS, lr=cfg.inner_lr,
                                                     first_order=True)
-        losses = policy.adapt(list(res.support), steps=2, num_envs=NUM_ENVS)  # a new trial: its first two phases
+        losses = policy.adapt(list(res.support), num_envs=NUM_ENVS)  # a new trial: its 2 phases, one step each
         assert losses == pytest.approx(want_losses, rel=1e-12)
         for name, v in want.items():
             torch.testing.assert_close(policy.params[name], v.detach(), rtol=1e-12, atol=1e-12, msg=name)
@@ -130,5 +130,8 @@ def test_adapt_over_phases_equals_adapt_trial_on_the_learners_preparation():
         assert max(float((policy.params[n] - v.detach()).abs().max()) for n, v in want.items()) > 1e-6
         with pytest.raises(ValueError, match="one batch per phase"):
             policy.adapt(res.support[0], steps=2)
+        with pytest.raises(ValueError, match="2 episode batches given but steps = 1"):
+            policy.adapt(list(res.support), steps=1)
     finally:
         runner.stop()
+
