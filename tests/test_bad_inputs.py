@@ -450,3 +450,24 @@ def test_report_reads_a_restored_trial_once_from_result_json(tmp_path):
     rows = load_trials(tmp_path / "sweep")[0].rows
     assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4]
     assert [r["adapt/return_step_0"] for r in rows] == [-5.0, -2.5, -1.5, -0.5]
+
+
+def test_report_names_the_trials_short_of_their_budget(tmp_path):
+    """A partial sweep (one trial at its env-step budget, one still short) gets a section naming the short one."""
+    from metarl.apps.report import write_report
+
+    exp = tmp_path / "sweep"
+    for name, steps, it in (("done", 500, 5), ("short", 300, 3)):
+        d = exp / name
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"task": "navigation-2d", "backbone": name, "inner_steps": 1,
+                                                   "budget_env_steps": 500, "budget_iterations": None}))
+        rows = [{"training_iteration": i, "env_steps": {"lifetime": steps * i / it},
+                 "adapt": {"return_step_0": -5.0, "return_step_1": -4.0}} for i in range(1, it + 1)]
+        (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = write_report(exp).read_text()
+    section = report.split("## Trials short of their budget")[1].split("\n## ")[0]
+    assert "1 of 2 trials" in section and "- short: 300 of 500 env steps" in section and "- done" not in section
+    (exp / "short" / "result.json").write_text(json.dumps({"training_iteration": 5, "env_steps": {"lifetime": 500},
+                                                           "adapt": {"return_step_0": -5.0}}) + "\n")
+    assert "## Trials short of their budget" not in write_report(exp).read_text()

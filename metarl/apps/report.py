@@ -601,6 +601,21 @@ def evaluation_table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def short_of_budget(trials: list[Trial]) -> list[str]:
+    """A line per trial whose last result is short of its budget (``budget_env_steps`` on ``env_steps/lifetime``,
+    ``budget_iterations`` on ``training_iteration``): still running, or stopped early (a scheduler, an error)."""
+    lines = []
+    for t in trials:
+        last = t.rows[-1] if t.rows else {}
+        for budget_key, column, unit in (("budget_env_steps", "env_steps/lifetime", "env steps"),
+                                         ("budget_iterations", "training_iteration", "iterations")):
+            budget, done = t.params.get(budget_key), last.get(column, 0.0)
+            if budget and not done >= budget:
+                lines.append(f"- {t.name}: {done:,.0f} of {budget:,.0f} {unit}")
+                break
+    return lines
+
+
 def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: int = 10,
                  eval_episodes: int = 10, asha_grace: float = 0) -> Path:
     """Write ``exp_dir/report.md`` and ``exp_dir/plots/*.png``; returns the report path.
@@ -615,7 +630,12 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
     pngs = plot(trials, held, exp_dir / "plots")
     in_context = in_context_cells(trials)
     pngs += plot_in_context(in_context, exp_dir / "plots") if in_context else []
+    short = short_of_budget(trials)
     parts = [f"# Sweep report: {exp_dir.name}", "", f"{len(trials)} trials.", ""]
+    if short:
+        parts += ["## Trials short of their budget", "",
+                  f"{len(short)} of {len(trials)} trials have not reached their budget (still running, or stopped "
+                  "early): the tables below mix them with finished ones.", "", *short, ""]
     if held:
         parts += ["## Ranking on held-out tasks", "",
                   "Per task family, best first: each trial's current θ adapted on the family's held-out test tasks "
