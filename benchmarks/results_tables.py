@@ -16,6 +16,9 @@ outside the markers is never touched. Sources (nothing here is typed by hand):
   seeds are shown as one number.
 - ``navigation-calibration`` (BENCHMARKS.md): ``docs/results/navigation_calibration.json``, the calibration of
   tests/test_learning.py.
+- ``readme-comparison`` (README.md), once ``docs/results/hcdir_sweep_report.md`` exists (the ``metarl report`` of
+  the finished HalfCheetahDir sweep, issue 16): its held-out ranking of halfcheetah-dir (a selection of columns)
+  and the lines that say which differences to the best are within noise.
 
 Speed tables are measurements of a machine, not derived from result files: they are not regenerated.
 Debug in-process: ``python -c "import benchmarks.results_tables as r; print(r.render_all()['readme-training'])"``.
@@ -32,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "results" / "navigation_sweep_report.md"
 CALIBRATION = ROOT / "docs" / "results" / "navigation_calibration.json"
+COMPARISON = ROOT / "docs" / "results" / "hcdir_sweep_report.md"
+COMPARISON_TASK = "halfcheetah-dir"
 DASH = "—"
 
 
@@ -118,16 +123,32 @@ def navigation_calibration(data: dict) -> str:
     return render(["held-out (20 goals x 10 episodes)", *(f"seed {s['seed']}" for s in seeds), "min"], rows)
 
 
+def readme_comparison(report: str, task: str = COMPARISON_TASK) -> str:
+    """The held-out ranking of ``task`` in a ``metarl report`` (selected columns), then its noise lines."""
+    section = report.split("## Ranking on held-out tasks", 1)[1].split(f"### {task}\n", 1)[1]
+    section = section.split("\n### ", 1)[0].split("\n## ", 1)[0]
+    cols = ["rank", "backbone", "method", "seeds", "params", "held-out before (θ)", "held-out after 1 step",
+            "95% interval (seed × task)", "env steps (budget)", "wall time (s)"]
+    header, rows = table_with(md_tables(section), *cols)
+    table = render(cols, [[dict(zip(header, r))[c] for c in cols] for r in rows])
+    noise = [line for line in section.splitlines() if line.startswith("- ")]
+    return "\n".join([table, "", *noise]) if noise else table
+
+
 def render_all() -> dict[str, str]:
     report = REPORT.read_text(encoding="utf-8")
-    return {
+    out = {
         "readme-training": readme_training(report),
         "readme-held-out": readme_held_out(report),
         "navigation-calibration": navigation_calibration(json.loads(CALIBRATION.read_text(encoding="utf-8"))),
     }
+    if COMPARISON.exists():
+        out["readme-comparison"] = readme_comparison(COMPARISON.read_text(encoding="utf-8"))
+    return out
 
 
-TARGETS = {"readme-training": "README.md", "readme-held-out": "README.md", "navigation-calibration": "BENCHMARKS.md"}
+TARGETS = {"readme-training": "README.md", "readme-held-out": "README.md", "navigation-calibration": "BENCHMARKS.md",
+           "readme-comparison": "README.md"}
 
 
 def region(text: str, name: str) -> tuple[int, int]:
@@ -169,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{TARGETS[name]}: table {name} differs from its result file\n--- in the file\n{old}\n--- regenerated\n"
               f"{new}\n")
     if not diff:
-        print(f"{len(TARGETS)} generated tables match their result files")
+        print(f"{len(render_all())} generated tables match their result files")
     return 1 if diff else 0
 
 
