@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from metarl import tasks  # noqa: E402
+from metarl.apps.provenance import provenance  # noqa: E402
 from metarl.apps.stats import interval  # noqa: E402
 
 #: (name, knob, value, flags) — flags on top of the default configuration (the table's defaults)
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None, **table) -> int:
     path = Path(args.results)
     data = load(path)
     data.update(task=args.task, budget_env_steps=args.budget, eval_tasks=args.eval_tasks,
-                eval_episodes=args.eval_episodes, train_args=args.train_args)
+                eval_episodes=args.eval_episodes, train_args=args.train_args,
+                provenance=provenance())  # the latest writer's command, versions, commit, platform and cores
     data.setdefault("runs", {})
     for name in args.names:
         for seed in range(args.seeds):

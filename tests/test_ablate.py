@@ -58,6 +58,7 @@ def test_tiny_ablation_runs_resumes_and_reports(tmp_path, capsys):
         assert run["cmd"].startswith("python -m metarl.train") and run["eval_cmd"].startswith("python -m metarl ")
         s = data["summary"][name]
         assert s["low"] <= s["mean"] <= s["high"] and s["mean"] == pytest.approx(np.mean(want), rel=1e-12)
+    assert data["provenance"]["versions"]["mujoco"] and data["provenance"]["git"]["commit"]
     assert ablate.main(argv(tmp_path, 320)) == 0  # finished and evaluated: read, not re-run
     assert "$ " not in capsys.readouterr().out
     assert ablate.main(argv(tmp_path, 480, "default")) == 0  # 3 iterations: continued from the checkpoint
