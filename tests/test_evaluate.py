@@ -120,7 +120,7 @@ def test_load_policy_acts_and_adapts_like_a_hand_written_inner_step(run_dir):
     for n in names:
         torch.testing.assert_close(policy.params[n].detach(), direct[n].detach())
     with pytest.raises(ValueError, match="2 episode batches given but steps = 1"):
-        policy.adapt([support, support])
+        policy.adapt([support, support], steps=1)
     policy.reset()
     for n in names:
         assert torch.equal(policy.params[n].detach(), theta[n])
