@@ -145,7 +145,7 @@ class MetaPolicy:
         seq = seq * steps if single else seq
         if len(seq) != steps:
             raise ValueError(f"adapt(): {len(seq)} episode batches given but steps = {steps}: pass one batch per step")
-        if self.memory == "trial" and isinstance(episodes, EpisodeBatch) and len(seq) > 1:
+        if self.memory == "trial" and single and len(seq) > 1:
             raise ValueError(f"adapt(): steps = {steps} with one batch: with trial memory pass one batch per phase")
         lr = self.inner_lr if lr is None else float(lr)
         if self.memory == "trial":
