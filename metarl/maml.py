@@ -59,6 +59,12 @@ def _lr_for(lr: LearningRate, name: str) -> float | torch.Tensor:
     return lr[name] if isinstance(lr, Mapping) else lr
 
 
+def _all_zero(lr: LearningRate) -> bool:
+    """Whether every rate of ``lr`` is the number 0 (learned tensor rates never count: their gradient is used)."""
+    rates = lr.values() if isinstance(lr, Mapping) else (lr,)
+    return all(not isinstance(r, torch.Tensor) and r == 0 for r in rates)
+
+
 def inner_step(loss: torch.Tensor, params: Params, *, lr: LearningRate, first_order: bool = False) -> Params:
     """One gradient step θ' = θ - lr·∇θ loss over the named tensors ``params`` (see the module docstring).
 
@@ -74,6 +80,8 @@ def inner_step(loss: torch.Tensor, params: Params, *, lr: LearningRate, first_or
     frozen = [n for n, t in zip(names, tensors) if not t.requires_grad]
     if frozen:
         raise ValueError(f"params {frozen} do not require grad; pass trainable tensors (params_of(model))")
+    if _all_zero(lr):  # θ' = θ - 0·g = θ, and dθ'/dθ = I in either order: no gradient to compute
+        return OrderedDict(zip(names, tensors))
     grads = torch.autograd.grad(loss, tensors, create_graph=not first_order, allow_unused=True)
     out: Params = OrderedDict()
     for name, theta, g in zip(names, tensors, grads):

@@ -109,6 +109,8 @@ def trial_inner_step(loss: torch.Tensor, params: Params, *, lr: float, first_ord
     """θ' = θ - lr ∂loss/∂θ, keeping the graph of ``loss`` (the carried state still needs it) and returning a new
     tensor for every parameter (so that the next phase's ∂/∂θ' never reaches back into the carried state)."""
     names = list(params)
+    if lr == 0:  # θ' = θ (RL²'s in-context evaluation): new tensors with dθ'/dθ = I, no gradient to compute
+        return {k: params[k].clone() for k in names}
     grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=not first_order, retain_graph=True,
                                 allow_unused=True)
     out = {}

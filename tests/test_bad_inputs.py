@@ -227,6 +227,7 @@ CASES = [
     Case("eval-file-missing", evaluate(), 2, r"algorithm_state.pkl is missing",
          setup=lambda run: (run / CKPT / "algorithm_state.pkl").rename(run / "moved.pkl")),
     Case("eval-ckpt-of-other-task", evaluate(), 2, r"another task", setup=other_task_config),
+    Case("eval-inner-lr-negative", evaluate("--inner-lr", "-0.1"), 2, r"--inner-lr = -0.1 must be a finite number >= 0"),
     Case("eval-inner-lr-diverges", evaluate("--inner-lr", "1e30", "--adapt-steps", "2"), 1,
          r"step k=\d.*not finite.*inner_lr = 1e\+30"),
     # report (the run's copy gets a sweep folder; bad trials are skipped by test_report_* below)

@@ -389,3 +389,16 @@ def test_an_inner_step_of_zero_keeps_theta_but_meta_maml_refuses_it():
         inner_step(loss, params, lr=-0.1)
     with pytest.raises(ValueError, match=r"inner_lr must be a finite number > 0"):
         MetaMAML(model, inner_lr=0.0)
+
+
+@pytest.mark.parametrize("lr", [0.0, {"weight": 0.0, "bias": 0}])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_zero_lr_step_returns_theta_without_a_gradient(lr, first_order):
+    """lr 0 (RL²'s in-context evaluation): θ' is θ itself, and no gradient is taken — the loss's graph is already
+    freed here, so computing one would raise."""
+    model, xs, ys, _, _ = _linreg()
+    params = params_of(model)
+    loss = F.mse_loss(model(xs), ys)
+    loss.backward()  # frees the graph: a second backward through it raises
+    fast = inner_step(loss, params, lr=lr, first_order=first_order)
+    assert list(fast) == list(params) and all(fast[n] is params[n] for n in params)

@@ -23,6 +23,7 @@ from metarl.trial import (
     phase_advantages,
     phase_log_prob,
     sample_trial,
+    trial_inner_step,
     trial_meta_gradient_loop,
     trial_returns_to_go,
 )
@@ -128,3 +129,16 @@ def test_returns_run_across_episode_boundaries_over_real_steps():
             want[i, t] = sum(GAMMA ** (m - j) * rewards[i, real[m]] for m in range(j, len(real)))
     got = trial_returns_to_go(torch.tensor(rewards), torch.tensor(mask), gamma=GAMMA)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_zero_lr_trial_step_is_identity_without_a_gradient(first_order):
+    """lr 0 (RL² evaluated in context): θ' equals θ as NEW tensors with dθ'/dθ = I, and no gradient is taken (the
+    loss's graph is freed here, so computing one would raise)."""
+    w = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    loss = (w * w).sum()
+    loss.backward()
+    out = trial_inner_step(loss, {"w": w}, lr=0.0, first_order=first_order)
+    assert out["w"] is not w and torch.equal(out["w"], w)
+    (jac,) = torch.autograd.grad(out["w"].sum(), [w])
+    assert torch.equal(jac, torch.ones_like(w))

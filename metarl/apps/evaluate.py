@@ -188,10 +188,16 @@ def eval_lr(cfg, inner_lr: float | None) -> float:
     query phase continues the trial in context), else the run's ``eval_inner_lr``, else its ``inner_lr``."""
     if inner_lr is None:
         return cfg.inner_lr if cfg.eval_inner_lr is None else cfg.eval_inner_lr
-    if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or not 0 <= inner_lr < float("inf"):
-        raise ValueError(f"evaluate(): inner_lr = {inner_lr!r} must be a finite number >= 0 (0: θ unchanged, "
-                         "adaptation in context only), or None (the run's)")
+    check_inner_lr(inner_lr, name="evaluate(): inner_lr")
     return float(inner_lr)
+
+
+def check_inner_lr(inner_lr, *, name: str) -> None:
+    """``inner_lr`` (called ``name`` in the message) must be None or a finite number >= 0."""
+    if inner_lr is not None and (isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float))
+                                 or not 0 <= inner_lr < float("inf")):
+        raise ValueError(f"{name} = {inner_lr!r} must be a finite number >= 0 (0: θ unchanged, adaptation in "
+                         "context only), or None (the run's)")
 
 
 def check_finite_returns(per_task: list[dict], *, inner_lr: float) -> None:
@@ -228,6 +234,7 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # small per-step matrices: one thread, as `metarl train --torch-threads` defaults to
     try:
         check_out_path(args.out)
+        check_inner_lr(args.inner_lr, name="--inner-lr")  # before the checkpoint is read
         result = evaluate(args.checkpoint, adapt_steps=args.adapt_steps, episodes=args.episodes,
                           num_tasks=args.num_tasks, num_envs=args.num_envs, inner_lr=args.inner_lr,
                           test_seed=args.test_seed, seed=args.seed)
