@@ -41,6 +41,7 @@ from torch import nn
 
 from metarl.models.base import Backbone, check_positive_int
 from metarl.models.registry import register
+from metarl.models.time_loop import time_loop_function
 
 R_MAX = 0.9999  # |λ| < R_MAX for every value of ν_log
 
@@ -94,44 +95,9 @@ def _scan_backward(scan, lam, h0, hs, dhs, chunk: int, reverse: bool):
     return dlam, g, g_first * lam.conj().unsqueeze(-2)
 
 
-class _ScanBatched(torch.autograd.Function):
-    """``_scan_forward`` as one autograd node (inputs with a leading task axis)."""
-
-    @staticmethod
-    def forward(lam, u, h0, chunk, reverse):
-        return _scan_forward(lam, u, h0, chunk, reverse)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        lam, _, h0, ctx.chunk, ctx.reverse = inputs
-        ctx.save_for_backward(lam, h0, output)
-
-    @staticmethod
-    def backward(ctx, dhs):
-        return *_scan_backward(_ScanBatched.apply, *ctx.saved_tensors, dhs, ctx.chunk, ctx.reverse), None, None
-
-
-class _Scan(torch.autograd.Function):
-    """``_scan_forward`` of ONE recurrence (no task axis) as one autograd node; under torch.vmap, ``_ScanBatched``."""
-
-    @staticmethod
-    def forward(lam, u, h0, chunk, reverse):
-        return _scan_forward(lam[None], u[None], h0[None], chunk, reverse)[0]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        lam, _, h0, ctx.chunk, ctx.reverse = inputs
-        ctx.save_for_backward(lam, h0, output)
-
-    @staticmethod
-    def backward(ctx, dhs):
-        return *_scan_backward(_Scan.apply, *ctx.saved_tensors, dhs, ctx.chunk, ctx.reverse), None, None
-
-    @staticmethod
-    def vmap(info, in_dims, lam, u, h0, chunk, reverse):
-        args = [x.movedim(d, 0) if d is not None else x.expand(info.batch_size, *x.shape)
-                for x, d in zip((lam, u, h0), in_dims)]
-        return _ScanBatched.apply(*args, chunk, reverse), 0
+_Scan = time_loop_function("_Scan", _scan_forward,
+                           lambda apply, saved, grads, static: _scan_backward(apply, *saved, *grads, *static),
+                           num_tensors=3, saved=lambda inputs, outputs: (inputs[0], inputs[2], *outputs))
 
 
 def lru_scan(lam: torch.Tensor, u: torch.Tensor, h0: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import nn
 
 from metarl.models.base import Backbone, check_positive_int, plain_ops_active, stack_steps
 from metarl.models.registry import register
+from metarl.models.time_loop import time_loop_function
 
 
 class _RNNBackbone(Backbone):
@@ -108,43 +109,8 @@ def _gru_backward(gx, h0, w_hh, b_hh, hs, dhs):
     return dgx, dh, dw, dgh_all.sum(1)
 
 
-class _GRUBatched(torch.autograd.Function):
-    """``_gru_forward`` as one autograd node (inputs with a leading task axis)."""
-
-    @staticmethod
-    def forward(gx, h0, w_hh, b_hh):
-        return _gru_forward(gx, h0, w_hh, b_hh)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output)
-
-    @staticmethod
-    def backward(ctx, dhs):
-        return _gru_backward(*ctx.saved_tensors, dhs)
-
-
-class _GRU(torch.autograd.Function):
-    """``_gru_forward`` of ONE GRU (no task axis) as one autograd node; under torch.vmap, ``_GRUBatched``."""
-
-    @staticmethod
-    def forward(gx, h0, w_hh, b_hh):
-        return _gru_forward(gx[None], h0[None], w_hh[None], b_hh[None])[0]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output)
-
-    @staticmethod
-    def backward(ctx, dhs):
-        gx, h0, w, b, hs = ctx.saved_tensors
-        return tuple(g[0] for g in _gru_backward(gx[None], h0[None], w[None], b[None], hs[None], dhs[None]))
-
-    @staticmethod
-    def vmap(info, in_dims, gx, h0, w_hh, b_hh):
-        args = [x.movedim(d, 0) if d is not None else x.expand(info.batch_size, *x.shape)
-                for x, d in zip((gx, h0, w_hh, b_hh), in_dims)]
-        return _GRUBatched.apply(*args), 0
+_GRU = time_loop_function("_GRU", _gru_forward, lambda apply, saved, grads, static: _gru_backward(*saved, *grads),
+                          num_tensors=4, saved=lambda inputs, outputs: (*inputs, *outputs))
 
 
 def gru_sequence(gx: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
@@ -204,44 +170,9 @@ def _lstm_backward(gx, h0, c0, w_hh, hs, cs, dhs, dcs):
     return dgates, dh, carry_c, dw
 
 
-class _LSTMBatched(torch.autograd.Function):
-    """``_lstm_forward`` as one autograd node (inputs with a leading task axis)."""
-
-    @staticmethod
-    def forward(gx, h0, c0, w_hh):
-        return _lstm_forward(gx, h0, c0, w_hh)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, *output)
-
-    @staticmethod
-    def backward(ctx, dhs, dcs):
-        return _lstm_backward(*ctx.saved_tensors, dhs, dcs)
-
-
-class _LSTM(torch.autograd.Function):
-    """``_lstm_forward`` of ONE LSTM (no task axis) as one autograd node; under torch.vmap, ``_LSTMBatched``."""
-
-    @staticmethod
-    def forward(gx, h0, c0, w_hh):
-        hs, cs = _lstm_forward(gx[None], h0[None], c0[None], w_hh[None])
-        return hs[0], cs[0]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, *output)
-
-    @staticmethod
-    def backward(ctx, dhs, dcs):
-        saved = [x[None] for x in ctx.saved_tensors]
-        return tuple(g[0] for g in _lstm_backward(*saved, dhs[None], dcs[None]))
-
-    @staticmethod
-    def vmap(info, in_dims, gx, h0, c0, w_hh):
-        args = [x.movedim(d, 0) if d is not None else x.expand(info.batch_size, *x.shape)
-                for x, d in zip((gx, h0, c0, w_hh), in_dims)]
-        return _LSTMBatched.apply(*args), (0, 0)
+_LSTM = time_loop_function("_LSTM", _lstm_forward,
+                           lambda apply, saved, grads, static: _lstm_backward(*saved, *grads),
+                           num_tensors=4, saved=lambda inputs, outputs: (*inputs, *outputs))
 
 
 def lstm_sequence(gx: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
