@@ -1,6 +1,6 @@
 """One-knob ablation of MAML on HalfCheetahDir (H=100) at a fixed env-step budget, with held-out evaluation.
 
-Run (the full ablation: 19 variants x 2 seeds x 5 M env steps; estimated 4-7 hours on one idle core)::
+Run (the full ablation: 22 variants x 2 seeds x 5 M env steps; about 5-8 hours on one idle core)::
 
     .venv/bin/python benchmarks/ablate_hcdir.py                                  # everything, resumable
     .venv/bin/python benchmarks/ablate_hcdir.py --variants default,lvc --seeds 1 # a subset
@@ -9,7 +9,7 @@ Run (the full ablation: 19 variants x 2 seeds x 5 M env steps; estimated 4-7 hou
 Each variant is the default configuration with ONE knob changed (``VARIANTS``: inner objective, first/second
 order, outer steps, outer lr, ProMP's KL term, a KL trust region, meta-batch size, episodes per task, width and
 activation, inner lr, advantage normalisation) or a combination (the ``paper`` preset, with and without the trust
-region). Every (variant, seed) is one ``python -m metarl.train`` run in its own process (its own embedded Ray),
+region; the knobs that moved the return most, together). Every (variant, seed) is one ``python -m metarl.train`` run in its own process (its own embedded Ray),
 trained for ceil(budget / env steps per iteration) iterations, then evaluated on the held-out tasks by
 ``python -m metarl evaluate`` (``--eval-tasks 2`` = both directions, ``--eval-episodes 20`` episodes each before
 and after one inner step; written to RUN/heldout_<iterations>.json). Results: ``docs/results/hcdir_ablation.json``
@@ -60,6 +60,11 @@ VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("paper", "preset", "paper", ("--preset", "paper")),
     ("paper-target-kl", "preset + outer_target_kl", "paper, 0.01", ("--preset", "paper", "--outer-target-kl", "0.01")),
     ("paper-first-order", "preset + first_order", "paper, True", ("--preset", "paper", "--first-order")),
+    # combinations of the single knobs that moved the held-out return most in the first screening runs
+    ("fo-os10", "first_order + outer_steps", "True, 10", ("--first-order", "--outer-steps", "10")),
+    ("fo-lr3e-3", "first_order + outer lr", "True, 3e-3", ("--first-order", "--outer-lr", "3e-3")),
+    ("fo-os10-lr3e-3", "first_order + outer_steps + outer lr", "True, 10, 3e-3",
+     ("--first-order", "--outer-steps", "10", "--outer-lr", "3e-3")),
 )
 BY_NAME = {v[0]: v for v in VARIANTS}
 
