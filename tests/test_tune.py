@@ -75,9 +75,14 @@ def test_full_grid_is_the_product_of_axes_and_multitask_has_no_inner_step():
     keys = {(t["task"], t["backbone"], t["method"], t["seed"]) for t in trials}
     assert len(keys) == 24
     assert all(t["inner_steps"] == (0 if t["method"] == "multitask" else TINY.inner_steps) for t in trials)
-    # every trial: the same env-step budget and the same held-out evaluation, whatever its method
-    assert {(t["budget_env_steps"], t["eval_every"], t["eval_tasks"], t["eval_inner_steps"]) for t in trials} == {
-        (TINY.env_steps, TINY.eval_every, TINY.eval_tasks, TINY.eval_inner_steps)}
+    # every trial: the same env-step budget and the same held-out evaluation, whatever its method, at the same
+    # env steps (multitask samples one phase per task where maml samples K + 1, so it evaluates every K + 1 x
+    # eval_every of its iterations)
+    assert {(t["budget_env_steps"], t["eval_tasks"], t["eval_inner_steps"]) for t in trials} == {
+        (TINY.env_steps, TINY.eval_tasks, TINY.eval_inner_steps)}
+    steps_between_evals = {t["eval_every"] * t["meta_batch_size"] * t["episodes_per_task"] * (t["inner_steps"] + 1)
+                           for t in trials}
+    assert steps_between_evals == {TINY.eval_every * TINY.meta_batch_size * TINY.episodes_per_task * (TINY.inner_steps + 1)}
 
 
 def test_memory_axis_crosses_methods_except_rl2_and_labels_trial_memory():

@@ -206,7 +206,11 @@ def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str],
         widths = matched_widths(backbones=list(backbones), task_names=list(task_names),
                                 target_params=size.target_params)
     table = {t: {b: widths[t][b]["width"] for b in backbones} for t in task_names}
-    k = size.inner_steps
+    k, every = size.inner_steps, size.eval_every
+
+    def steps_of(config) -> int:  # the method's inner steps K: it samples K + 1 phases per task and iteration
+        return k if METHODS[method_settings(config["method"])[0]] is None else 0
+
     space = base_config(size, gpus_per_trial=gpus_per_trial).to_dict()
     space.update(
         task=tune.grid_search(list(task_names)),
@@ -214,7 +218,10 @@ def param_space(size: SweepSize, *, backbones: list[str], task_names: list[str],
         method=tune.grid_search(methods),
         seed=tune.grid_search(list(range(seeds))),
         width=tune.sample_from(lambda config: table[config["task"]][config["backbone"]]),
-        inner_steps=tune.sample_from(lambda config: k if METHODS[method_settings(config["method"])[0]] is None else 0),
+        inner_steps=tune.sample_from(steps_of),
+        # every method evaluates at the same env steps: one that samples fewer phases per iteration runs more
+        # iterations, so it evaluates every (k + 1) / (K + 1) x eval_every of them
+        eval_every=tune.sample_from(lambda config: every * (k + 1) // (steps_of(config) + 1)),
     )
     if any(method_settings(m)[1] != "episode" for m in methods):  # else the config's own memory field stays as is
         space["memory"] = tune.sample_from(lambda config: method_settings(config["method"])[1])

@@ -8,7 +8,8 @@ The sweep itself is data (``tune_configs/baselines.py``): a grid over ``MAMLConf
 the same parameter budget, method "maml", the non-meta "multitask" baseline (``inner_steps=0``) and "rl2", crossed
 with ``--memory episode,trial`` (a trial-memory method is labelled "maml+trial"; rl2 is trial memory). Every trial
 stops at the same training budget in env steps (``--env-steps``; ``--iterations`` is the alternative stop) and
-evaluates itself on the family's held-out test tasks every ``eval_every`` iterations and at the end (``eval/...``,
+evaluates itself on the family's held-out test tasks at the same env steps (every ``eval_every`` iterations of
+MAML's, (K+1) x as many of multitask's and RL²'s) and at the end (``eval/...``,
 the metric that ranks; ``--scheduler asha``: one ASHA per task family on it). Bad axes or
 an unwritable ``--storage`` fail before Ray starts. While it runs, one line per trial result is printed
 (``tune_configs/progress.py``); results land in ``<storage>/<name>/<trial>/{params.json,progress.csv,...}``.
