@@ -5,6 +5,7 @@ Run (about 5-10 minutes on one core)::
     .venv/bin/python benchmarks/iteration_time.py                       # all registered backbones
     .venv/bin/python benchmarks/iteration_time.py --backbones mlp,gru,lru,lstm --iterations 3
     .venv/bin/python benchmarks/iteration_time.py --backbones mlp,lru,lstm --autograd-sequences   # + before/after
+    .venv/bin/python benchmarks/iteration_time.py --backbones mlp,gru --first-order   # + first-order update
 
 Everything runs in this process (``num_env_runners=0``: the local EnvRunner samples, the local Learner updates) on
 one torch thread, so the split is the cost of each phase on one core. Times are CPU seconds of the main thread
@@ -65,6 +66,21 @@ def _with_reference(fn, cls: type, attr: str, ref):
     return wrapper
 
 
+def _first_order(fn, learner):
+    """``fn`` with the Learner's meta-gradient first order (``first_order=True``) while it runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        own = learner.config.first_order
+        learner.config.first_order = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            learner.config.first_order = own
+
+    return wrapper
+
+
 def _timed(fn, sink: list):
     """``fn`` that appends its (thread CPU s, wall s) to ``sink`` on every call."""
 
@@ -104,6 +120,8 @@ def measure(backbone: str, args) -> dict:
         references = _reference_sequences() if args.autograd_sequences else {}
         if backbone in references:
             fns["autograd"] = _with_reference(batched, *references[backbone])
+        if args.first_order:
+            fns["first-order"] = _first_order(batched, learner)
         updates: list = []
         learner.meta_update = _timed(learner.meta_update, updates)
         rows = {m: [] for m in fns}
@@ -151,6 +169,14 @@ def report(res: list[dict], args) -> None:
               f"{before / ref_total:.2f}x -> {(r['sample'] + r['batched']) / ref_total:.2f}x {ref['backbone']}")
 
 
+def _report_first_order(res: list[dict]) -> None:
+    for r in (r for r in res if "first-order" in r):
+        so, fo = r["batched"], r["first-order"]
+        print(f"{r['backbone']}: batched update second order {so:.2f} s ({r['batched_wall']:.2f}) -> first order "
+              f"{fo:.2f} s ({r['first-order_wall']:.2f}), {so / fo:.2f}x; update {100 * so / (r['sample'] + so):.0f}% "
+              f"-> {100 * fo / (r['sample'] + fo):.0f}% of the iteration")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbones", default=",".join(models.available()))
@@ -163,6 +189,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=2, help="measured iterations per mode, after one warm-up each")
     p.add_argument("--autograd-sequences", action="store_true",
                    help="also time lru's and lstm's batched meta-gradient with their sequence through autograd op by op")
+    p.add_argument("--first-order", action="store_true",
+                   help="also time the batched meta-gradient first order (the second-order term's cost)")
     args = p.parse_args()
     torch.set_num_threads(1)
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -171,6 +199,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     report(res, args)
+    _report_first_order(res)
 
 
 if __name__ == "__main__":
