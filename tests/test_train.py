@@ -93,6 +93,29 @@ def test_resume_with_remote_runners_samples_with_the_restored_weights(tmp_path, 
 
 
 @pytest.mark.timeout(240)
+def test_resume_keeps_the_runs_own_values_of_flags_not_given(tmp_path, capsys):
+    """A run started with non-default flags, resumed WITHOUT them, continues as started (== the uninterrupted run
+    with those flags): a default or preset changed between sittings never changes a run. A flag given on resume
+    wins; the layout is the resume's own."""
+    own = ("--inner-lr", "0.3", "--first-order", "--seed", "5", "--gamma", "0.95")
+    uninterrupted, out = tmp_path / "ref", tmp_path / "run"
+    run_loop.run(tiny_args(uninterrupted, 3, *own), echo=lambda s: None)
+    run_loop.run(tiny_args(out, 2, *own), echo=lambda s: None)
+    capsys.readouterr()
+    run_loop.run(tiny_args(out, 3, "--resume", "--num-env-runners", "1"), echo=lambda s: None)
+    assert "--resume: kept the run's inner_lr=0.3, first_order=True" in capsys.readouterr().out
+    assert_same_run(records(out), records(uninterrupted))
+    def last_config() -> dict:  # the config of the last resume
+        return json.loads((out / "results.json").read_text())["resumes"][-1]["provenance"]["config"]
+
+    assert (last_config()["num_env_runners"], last_config()["seed"], last_config()["gamma"]) == (1, 5, 0.95)
+    run_loop.run(tiny_args(out, 4, "--resume", "--inner-lr", "0.2"), echo=lambda s: None)
+    assert (last_config()["inner_lr"], last_config()["first_order"]) == (0.2, True)
+    run_loop.run(tiny_args(out, 5, "--resume"), echo=lambda s: None)  # the value it last ran with: 0.2
+    assert (last_config()["inner_lr"], last_config()["num_env_runners"]) == (0.2, 0)
+
+
+@pytest.mark.timeout(240)
 def test_crash_mid_checkpoint_keeps_latest_and_resume_recovers(tmp_path, reference, monkeypatch):
     out = tmp_path / "run"
     run_loop.run(tiny_args(out, 2), echo=lambda s: None)

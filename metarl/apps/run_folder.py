@@ -24,6 +24,9 @@ RESULTS = "results.json"
 LOCK = ".lock"
 #: config fields that decide the shape of the weights: a resume must not change them
 STRUCTURAL = ("task", "backbone", "width", "backbone_kwargs", "dtype", "memory", "trial_inputs")
+#: fields a resume takes from its own command line even where their flags are not given: the layout (``auto`` is
+#: resolved per machine) and the run's length; every other field not given keeps the run's stored value
+RESUME_FREE = ("num_env_runners", "num_learners", "num_gpus_per_learner", "budget_iterations", "budget_env_steps")
 
 
 def is_uri(out: str) -> bool:
@@ -235,6 +238,8 @@ def prepare(args: argparse.Namespace) -> dict:
         plan = {"config": config, "output": output, "start": 0, "checkpoint": None, "results": None, "lock": lock}
         if exists:
             output.download()
+            if keep_stored_fields(args, _read_results(output.local / RESULTS)):
+                config = plan["config"] = _check_flags(args)
             plan.update(_resume_plan(args, config, output))
     except BaseException:
         if lock is not None:
@@ -242,6 +247,30 @@ def prepare(args: argparse.Namespace) -> dict:
         output.cleanup()
         raise
     return plan
+
+
+def keep_stored_fields(args: argparse.Namespace, results: dict) -> dict:
+    """``--resume``: every config field whose flag was not given takes the value the run last ran with (the
+    provenance of results.json's last resume, else of its start), so that a default or a preset changed since never
+    changes it; given flags win, ``RESUME_FREE`` fields are the command line's. Returns {field: value} kept (printed
+    when not empty)."""
+    from rllib_ext.fields import FIELDS
+
+    last = ([r for r in results.get("resumes") or [] if isinstance(r, dict)] or [results])[-1]
+    stored = (last.get("provenance") or {}).get("config") or {}
+    given = getattr(args, "given_fields", frozenset())
+    kept = {}
+    for f in FIELDS:
+        if f.name in RESUME_FREE or f.dest in given or f.name not in stored:
+            continue
+        value = stored[f.name]
+        if value != getattr(args, f.dest):
+            setattr(args, f.dest, dict(value) if isinstance(value, dict) else value)
+            kept[f.name] = value
+    if kept:
+        print("--resume: kept the run's " + ", ".join(f"{k}={v!r}" for k, v in kept.items())
+              + " (their flags were not given)", flush=True)
+    return kept
 
 
 def _resume_plan(args: argparse.Namespace, config, output: Output) -> dict:
