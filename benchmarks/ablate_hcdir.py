@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None, *, by_name: dict | None = None, do
     p.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per task (default: 20)")
     p.add_argument("--root", default="runs/hcdir-ablation", help="run folders: ROOT/VARIANT/seedK")
     p.add_argument("--results", default="docs/results/hcdir_ablation.json", help="the JSON written")
+    p.add_argument("--base-args", default="--preset default",
+                   help="flags before each variant's own: the configuration every variant changes one knob of "
+                        "(default: --preset default, the field table's defaults, on every task)")
     p.add_argument("--train-args", default="--num-env-runners auto",
                    help="more flags of every `metarl train` run, e.g. resources (default: --num-env-runners auto)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
@@ -119,7 +122,7 @@ def eval_flags(variant: tuple) -> tuple[str, ...]:
 
 def plan_run(args, name: str, seed: int) -> dict:
     """The command of one (variant, seed) and its iteration count for the env-step budget."""
-    flags = ["--task", args.task, *args.by_name[name][3], *shlex.split(args.train_args)]
+    flags = ["--task", args.task, *shlex.split(args.base_args), *args.by_name[name][3], *shlex.split(args.train_args)]
     cfg = train_config(flags)
     horizon = cfg.horizon or tasks.horizon(cfg.task)
     per_iter = cfg.meta_batch_size * cfg.episodes_per_task * (cfg.inner_steps + 1) * horizon

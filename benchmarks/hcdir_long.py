@@ -2,7 +2,7 @@
 
 Run (resumable; 2 seeds x 750 iterations of 40,000 env steps; about 40 minutes per seed on one idle core)::
 
-    .venv/bin/python benchmarks/hcdir_long.py                          # the MuJoCo default (the table's defaults)
+    .venv/bin/python benchmarks/hcdir_long.py                          # the MuJoCo default (--preset auto)
     .venv/bin/python benchmarks/hcdir_long.py --variants paper         # the published configuration (--preset paper)
     .venv/bin/python benchmarks/hcdir_long.py --dry-run                # the plan and the commands
 
@@ -38,7 +38,7 @@ bench = _load("trial_memory_bench")  # curve(): (env steps, held-out return afte
 
 #: (name, knob, value, flags) on top of --train-args
 VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("default", "(none)", "the MuJoCo default (the table's defaults)", ()),
+    ("default", "(none)", "the MuJoCo default (--preset auto: mujoco)", ()),
     ("paper", "preset", "paper", ("--preset", "paper")),
 )
 BY_NAME = {v[0]: v for v in VARIANTS}
@@ -56,7 +56,8 @@ ANCHORS = (
 def defaults() -> dict:
     return {"variants": "default", "budget": 30_000_000, "root": "runs/hcdir-long",
             "results": "docs/results/hcdir_long.json",
-            "train_args": "--num-env-runners 0 --eval-every 25 --eval-tasks 2 --eval-episodes 20"}
+            "train_args": "--num-env-runners 0 --eval-every 25 --eval-tasks 2 --eval-episodes 20",
+            "base_args": ""}  # `--preset auto`: the MuJoCo default
 
 
 def first_crossing(steps: list[float], returns: list[float], level: float) -> float | None:

@@ -58,6 +58,7 @@ def defaults(argv: list[str] | None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     task = argv[argv.index("--task") + 1] if "--task" in argv[:-1] else "navigation-2d"
     return {"task": task, "budget": 5_000_000, "eval_tasks": 40, "eval_episodes": 20, "train_args": TRAIN_ARGS,
+            "base_args": "",  # the task's own default (`--preset auto`: the MuJoCo default on halfcheetah-dir)
             "root": f"runs/trial-memory/{task}", "results": f"docs/results/trial_memory_{task}.json"}
 
 

@@ -33,6 +33,11 @@ def test_dry_run_plans_iterations_from_the_budget(tmp_path, capsys):
     assert "default seed 0: 3 iterations x 160 env steps" in out  # ceil(330 / 160)
     assert "paper seed 0: 3 iterations x 160 env steps" in out  # the given flags win over the preset's 40 x 20
     assert "--preset paper" in out and not (tmp_path / "ablation.json").exists()
+    # every variant changes one knob of the table's defaults on any task: the base flags come first, so the
+    # variant's own (e.g. its preset) win
+    commands = [line for line in out.splitlines() if "-m metarl.train" in line]
+    assert [c.split("--task navigation-2d ")[1].split(" --meta-batch-size")[0] for c in commands] == [
+        "--preset default", "--preset default --preset paper"]
 
 
 def test_bad_variant_is_refused(tmp_path, capsys):
