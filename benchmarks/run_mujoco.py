@@ -9,16 +9,18 @@ How to run::
 
 Defaults: halfcheetah-dir (the two-direction task, horizon 100), an MLP policy of width 64 (``--backbone gru|lstm|
 ssm|lru|transformer`` for the sequence models: slower per iteration, see BENCHMARKS.md), meta-batch 20 tasks x 10
-episodes (10 sub-envs per runner), one inner VPG step (α 0.1), second-order meta-gradient, 5 Adam
-steps, 60 iterations = 2.4 M env steps, checkpoints every 20. Outputs in ``--out`` (default ``runs/mujoco``):
+episodes (10 sub-envs per runner), one inner VPG step (α 0.1), a first-order meta-gradient (``--preset auto``: the
+MuJoCo preset; ``--preset default`` for the table's second order), 5 Adam steps, 60 iterations = 2.4 M env steps,
+checkpoints every 20. Outputs in ``--out`` (default ``runs/mujoco``):
 results.json, progress.csv, tb/, adaptation.png, checkpoints/ (glossary: ``metarl/apps/records.py``).
 Actors: ``--num-env-runners auto --num-learners auto`` (the defaults here; ``metarl train`` defaults to 0 and 0)
 use every core this process may run on (``metarl/apps/layout.py``: on 2 cores, 2 EnvRunners and 2 Learners); the
-first line printed names the layout.
+first line printed names the layout, the next what the preset set.
 A second ``make run`` into the same folder stops with an error: pass ``--resume`` (with a larger ``--iterations``)
 or another ``--out``.
 
-Results to expect (measured 2026-11-26 on the 2-core dev VM while the test suite ran on the same cores): 5 min 46 s
+Results to expect (measured 2026-11-26 on the 2-core dev VM while the test suite ran on the same cores, with the
+second-order meta-gradient of ``--preset default``, before the MuJoCo preset existed): 5 min 46 s
 wall, 3.3-4.1 s per iteration (~11,000 env steps/s sampling), 610 MB peak memory. Mean return over the meta-batch,
 before adaptation (θ) and after one inner step (θ_1), averaged over 10 iterations:
 
@@ -63,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        resolve_layout(args)
-        if args.layout is not None:
+        preset = []
+        resolve_layout(args, echo=preset.append)
+        if args.layout is not None:  # the first line: the layout picked
             print(args.layout.describe(), flush=True)
+        for line in preset:
+            print(line, flush=True)
         summary = run(args)
     except ValueError as e:
         parser.error(str(e))  # SystemExit(2) with the message; nothing was written

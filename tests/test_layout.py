@@ -66,6 +66,17 @@ def test_run_mujoco_defaults_to_auto_and_metarl_train_to_zero():
     assert (_args().num_env_runners, _args().num_learners) == (0, 0)
 
 
+def test_make_run_prints_the_layout_first_then_the_preset(monkeypatch, capsys):
+    """``make run`` (run_mujoco.py's defaults: halfcheetah-dir, ``--preset auto``): its first line names the layout,
+    the next what the MuJoCo preset set. The training itself is not what this checks: it is replaced."""
+    mod = load_benchmark("run_mujoco")
+    monkeypatch.setattr(mod, "run", lambda args: {"completed": 0, "out": args.out, "last": None, "checkpoint": None})
+    assert mod.main(["--num-cpus", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "layout for 2 core(s)" in lines[0]
+    assert lines[1].startswith("--preset auto (mujoco: task halfcheetah-dir) set first_order=True")
+
+
 def test_a_count_that_is_neither_int_nor_auto_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as e:
         _args("--num-env-runners", "many")

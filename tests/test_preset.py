@@ -9,9 +9,10 @@ import argparse
 
 import pytest
 
+from metarl import tasks
 from metarl.apps import flags
 from rllib_ext.config import MAMLConfig
-from rllib_ext.fields import FIELDS
+from rllib_ext.fields import BY_NAME, FIELDS
 
 #: the published anchors, written out (not read from PRESETS): MAML / ProMP on HalfCheetahDir
 PAPER = dict(meta_batch_size=40, episodes_per_task=20, inner_steps=1, inner_lr=0.1, first_order=False, backbone="mlp",
@@ -46,10 +47,22 @@ def test_flags_given_explicitly_win_over_the_preset_even_at_the_tables_default(c
 
 
 def test_default_preset_is_the_table(capsys):
-    for argv in ((), ("--preset", "default")):
+    for argv in (("--preset", "default"), ("--task", "navigation-2d"), ("--task", "navigation-2d", "--preset", "auto")):
         cfg = flags.config_from_args(parse(*argv))
-        assert all(getattr(cfg, f.name) == f.default for f in FIELDS), argv
+        assert all(getattr(cfg, f.name) == f.default for f in FIELDS if f.name != "task"), argv
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("task", tasks.LOCOMOTION)
+def test_auto_preset_gives_the_mujoco_families_the_mujoco_preset(task, capsys):
+    mujoco = flags.PRESETS["mujoco"]
+    assert mujoco and all(mujoco[k] != BY_NAME[k].default for k in mujoco)  # it changes something, and says what
+    for argv in (("--task", task), ("--task", task, "--preset", "auto")):
+        cfg = flags.config_from_args(parse(*argv))
+        assert {k: getattr(cfg, k) for k in mujoco} == mujoco
+        assert all(getattr(cfg, f.name) == f.default for f in FIELDS if f.name not in mujoco and f.name != "task")
+        out = capsys.readouterr().out
+        assert out.startswith(f"--preset auto (mujoco: task {task}) set ") and "first_order=True" in out
 
 
 def test_the_preset_is_applied_before_the_layout_reads_the_meta_batch():
@@ -63,10 +76,10 @@ def test_bad_preset_names_the_flag_the_value_and_the_presets(capsys):
         parse("--preset", "papr")
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "--preset" in err and "'papr'" in err and "'default', 'paper'" in err
+    assert "--preset" in err and "'papr'" in err and "'auto', 'default', 'mujoco', 'paper'" in err
     args = parse()
     args.preset = "papr"  # a Namespace built in Python, not by the parser
-    with pytest.raises(ValueError, match=r"--preset = 'papr' is invalid: one of \['default', 'paper'\]"):
+    with pytest.raises(ValueError, match=r"--preset = 'papr' is invalid: one of \['auto', 'default', 'mujoco', 'paper'\]"):
         flags.config_from_args(args)
 
 

@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from metarl import tasks
 from metarl.apps.layout import AUTO, resolve, visible_cores
 
 _TYPES = {int: int, float: float, str: str}
@@ -19,9 +20,18 @@ if TYPE_CHECKING:
     from rllib_ext.fields import Field
 
 AUTO_FIELDS = ("num_env_runners", "num_learners")
+#: ``--preset auto``: the preset for the task (see ``PRESETS``)
+AUTO_PRESET = "auto"
+#: the MuJoCo locomotion default (HalfCheetahDir ablation, BENCHMARKS.md), and how ``--help`` says it
+#: (5 M env steps, 2 seeds x both directions held out: first order 82.8 [10.9, 170.7] vs the table's second order
+#: -17.9 [-29.3, -10.8]; no combination measured better beyond noise)
+MUJOCO_PRESET_VALUES: dict = {"first_order": True}
+MUJOCO_PRESET_HELP = "first-order meta-gradient"
 
 #: ``--preset NAME``: field values set before the flags are read; a flag given on the command line wins.
-#: ``default``: the table's defaults (the place for the HalfCheetahDir ablation's winner, BENCHMARKS.md).
+#: ``auto`` (the flag's default): ``mujoco`` for the MuJoCo locomotion families (``tasks.LOCOMOTION``), else
+#: ``default``. ``default``: the table's defaults. ``mujoco``: the best combination of the HalfCheetahDir ablation
+#: (BENCHMARKS.md "HalfCheetahDir ablation", ``benchmarks/ablate_hcdir.py``).
 #: ``paper``: the published MAML/ProMP configuration as far as our fields go: 40 tasks x 20 episodes, one inner
 #: VPG-gradient step with α = 0.1, second order (MAML, Finn et al. 2017, and ProMP, Rothfuss et al. 2019); an MLP of
 #: 2 x 100 tanh units (MAML's network); ProMP's outer step: LVC inner objective, 5 Adam steps of lr 1e-3 on the
@@ -30,6 +40,7 @@ AUTO_FIELDS = ("num_env_runners", "num_learners")
 #: δ = 0.01 by early stopping); the gradient clip and the horizon stay ours (HalfCheetahDir: 100, ProMP's).
 PRESETS: dict[str, dict] = {
     "default": {},
+    "mujoco": MUJOCO_PRESET_VALUES,
     "paper": {
         "meta_batch_size": 40, "episodes_per_task": 20, "inner_steps": 1, "inner_lr": 0.1, "first_order": False,
         "backbone": "mlp", "width": 100, "backbone_kwargs": {"num_layers": 2, "activation": "tanh"},
@@ -104,10 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="torch threads of this process (it samples and learns when runners/Learners are 0); more "
                           "than 1 pays only for large matrices on idle cores, and costs up to 10x on busy ones "
                           "(default: 1; remote runners and Learners always use 1)")
-    run.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                     help="a set of field values applied first; flags given explicitly win: 'paper' = the published "
-                          "MAML/ProMP configuration (40 tasks x 20 episodes, MLP 2 x 100 tanh, LVC, ...), 'default' "
-                          "= the table's defaults (default: default)")
+    run.add_argument("--preset", choices=[AUTO_PRESET, *sorted(PRESETS)], default=AUTO_PRESET,
+                     help="a set of field values applied first; flags given explicitly win: 'mujoco' = the MuJoCo "
+                          f"locomotion default ({MUJOCO_PRESET_HELP}), 'paper' = the published MAML/ProMP "
+                          "configuration (40 tasks x 20 episodes, MLP 2 x 100 tanh, LVC, ...), 'default' = the "
+                          "table's defaults, 'auto' = 'mujoco' for the MuJoCo locomotion families, else 'default' "
+                          "(default: auto)")
     meta = parser.add_argument_group("MAML (MAMLConfig.meta fields)")
     outer = parser.add_argument_group("outer loop, resources and seed (MAMLConfig's RLlib fields)")
     for f in FIELDS:
@@ -126,16 +139,25 @@ def check_run_flags(args: argparse.Namespace) -> None:
                          "this machine's CPUs")
 
 
-def apply_preset(args: argparse.Namespace) -> dict:
-    """Set the fields of ``--preset`` on ``args`` except those whose flag was given (once; prints what it set).
+def say(line: str) -> None:
+    """Print one line at once (the run's progress goes through pipes and logs)."""
+    print(line, flush=True)
+
+
+def apply_preset(args: argparse.Namespace, echo=say) -> dict:
+    """Set the fields of ``--preset`` on ``args`` except those whose flag was given (once; ``echo``es what it set).
     Returns {field: value} set. ValueError naming the flag, the value and the presets for an unknown name."""
     from rllib_ext.fields import BY_NAME
 
-    name = getattr(args, "preset", None) or "default"
-    if name not in PRESETS:
-        raise ValueError(f"--preset = {name!r} is invalid: one of {sorted(PRESETS)}")
+    name = getattr(args, "preset", None) or AUTO_PRESET
+    if name != AUTO_PRESET and name not in PRESETS:
+        raise ValueError(f"--preset = {name!r} is invalid: one of {[AUTO_PRESET, *sorted(PRESETS)]}")
     if getattr(args, "preset_applied", None) is not None:
         return args.preset_applied
+    shown = name
+    if name == AUTO_PRESET:
+        name = "mujoco" if args.task in tasks.LOCOMOTION else "default"
+        shown = f"{AUTO_PRESET} ({name}: task {args.task})"
     given = getattr(args, "given_fields", frozenset())
     applied = {}
     for field, value in PRESETS[name].items():
@@ -146,16 +168,16 @@ def apply_preset(args: argparse.Namespace) -> dict:
     args.preset_applied = applied
     if applied:
         kept = sorted(BY_NAME[k].option for k in PRESETS[name] if k not in applied)
-        print(f"--preset {name} set " + ", ".join(f"{k}={v!r}" for k, v in applied.items())
-              + (f" (given flags kept: {', '.join(kept)})" if kept else ""), flush=True)
+        echo(f"--preset {shown} set " + ", ".join(f"{k}={v!r}" for k, v in applied.items())
+             + (f" (given flags kept: {', '.join(kept)})" if kept else ""))
     return applied
 
 
-def resolve_layout(args: argparse.Namespace) -> None:
+def resolve_layout(args: argparse.Namespace, echo=say) -> None:
     """Replace ``auto`` runner/Learner counts by the layout for the cores (``--num-cpus``, else the cores this
     process may use); the picked layout is kept as ``args.layout`` (None when nothing was ``auto``). The preset
     is applied first (it may set ``meta_batch_size``, which the layout reads)."""
-    apply_preset(args)
+    apply_preset(args, echo)
     if getattr(args, "layout", None) is not None:
         return  # resolved already
     cores = args.num_cpus or visible_cores()

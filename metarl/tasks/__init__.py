@@ -55,6 +55,8 @@ FAMILIES: dict[str, tuple[str, str, int]] = {
     "metaworld-ml10": ("metarl/MetaWorldML10-v0", "metarl.tasks.metaworld:MetaWorldML10Env", 500),
     "bandit": ("metarl/Bandit-v0", "metarl.tasks.bandit:BanditEnv", 1),
 }
+#: the MuJoCo locomotion families (``metarl train --preset auto`` gives them the ``mujoco`` preset)
+LOCOMOTION = ("halfcheetah-vel", "halfcheetah-dir", "ant-dir", "ant-goal", "humanoid-dir")
 #: registration kwargs of families that share a class, and the longest horizon a family allows
 _KWARGS = {"metaworld-ml1-reach": {"env_name": "reach-v3"}, "metaworld-ml1-push": {"env_name": "push-v3"},
            "metaworld-ml1-pick-place": {"env_name": "pick-place-v3"}}
