@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The project's long runs, in two background lanes, every step resumable (run it again after an interruption:
+# The project's long runs, in three background lanes, every step resumable (run it again after an interruption:
 # finished steps are read, unfinished ones continue from their checkpoints).
 #
 #   setsid nohup benchmarks/long_runs.sh > runs/long_runs.log 2>&1 &     # from the repo root, after `make install`
 #
-# Lane 1: the HalfCheetahDir backbone x method comparison (a Tune sweep, two trials at a time).
-# Lane 2, one process at a time: trial memory on Navigation2D (5 M env steps), the HalfCheetahDir ablation
-#   (19 variants x 2 seeds x 5 M env steps: it picks the MuJoCo default of the >= 30 M run), then trial memory on
-#   HalfCheetahDir (10 M).
+# Lane 1: the HalfCheetahDir backbone x method comparison (a Tune sweep, two trials at a time; Ray runs its trials
+#   at a lower priority, so it takes what the other lanes leave).
+# Lane 2, one process at a time: the HalfCheetahDir ablation (22 variants x 2 seeds x 5 M env steps, each variant
+#   one knob of the table's defaults: --preset default), then trial memory on HalfCheetahDir (10 M).
+# Lane 3: HalfCheetahDir to 30 M env steps with the MuJoCo default (--preset auto), 2 seeds.
 # Each step's own log is under runs/; results land in docs/results/ (then `metarl report` / the BENCHMARKS tables).
 set -u
 cd "$(dirname "$0")/.."
@@ -25,13 +26,16 @@ lane1() {
 }
 
 lane2() {
-    $PY benchmarks/trial_memory_bench.py --task navigation-2d --budget 5000000 \
-        >> runs/trial-memory/navigation-2d.log 2>&1
     $PY benchmarks/ablate_hcdir.py --train-args "--num-env-runners 0" >> runs/hcdir-ablation.log 2>&1
     $PY benchmarks/trial_memory_bench.py --task halfcheetah-dir --budget 10000000 --eval-tasks 2 --eval-episodes 20 \
         >> runs/trial-memory/halfcheetah-dir.log 2>&1
 }
 
+lane3() {
+    $PY benchmarks/hcdir_long.py >> runs/hcdir-long.log 2>&1
+}
+
 lane1 &
 lane2 &
+lane3 &
 wait
