@@ -7,7 +7,8 @@ Run (resumable; each (variant, seed) is a ``metarl train`` run, then ``metarl ev
     .venv/bin/python benchmarks/trial_memory_bench.py --task navigation-2d --dry-run   # the plan and commands
 
 Every run: 20 tasks x 20 episodes per phase on 10 sub-envs (2 episodes per sub-env per phase, so trial memory
-has episodes to carry its state across), width 64, one inner step for the MAML variants, the same env-step budget
+has episodes to carry its state across), width 64, one inner step for the MAML variants (the task's own default
+otherwise, ``--preset auto``: second order on Navigation2D, first order on HalfCheetahDir), the same env-step budget
 for every variant (iterations = budget / env steps per iteration: RL² and multitask sample one phase per task,
 so they run twice the iterations), 2 seeds, a held-out evaluation every 10 iterations inside the run (the curve)
 and ``metarl evaluate`` at the end (before and after one inner step; with trial memory also the return of each
