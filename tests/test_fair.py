@@ -21,8 +21,9 @@ import pytest
 from tune_configs.baselines import SIZES, with_size
 
 NAV = "navigation-2d"
-# budget 320 env steps: 2 MAML iterations, 4 multitask ones; with eval_every=3 the last is evaluated only as the last
-SIZE = with_size(SIZES["smoke"], eval_every=3, meta_overrides={"dtype": "float64"})
+# budget 320 env steps: 2 MAML iterations of 160, 4 multitask ones of 80; eval_every=1 (MAML's): multitask
+# evaluates every 2nd of its iterations, at the same env steps, besides the first and the last
+SIZE = with_size(SIZES["smoke"], eval_every=1, meta_overrides={"dtype": "float64"})
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,9 @@ def test_heldout_metric_is_carried_forward_and_every_method_adapts(sweep):
             previous = r
         assert rows[-1]["eval/env_steps_lifetime"] == sum(r["eval/env_steps"] for r in rows if r["eval/fresh"])
     fresh = [r["eval/fresh"] for r in sweep["multitask"][1]]
-    assert fresh == [1, 0, 1, 1]  # the first, every 3rd, the last; the 2nd carried forward
+    assert fresh == [1, 1, 0, 1]  # the first, every 2nd, the last; the 3rd carried forward
+    at = {m: [r["env_steps/lifetime"] for r in rows if r["eval/fresh"]] for m, (_, rows) in sweep.items()}
+    assert at["maml"] == [160, 320] and at["multitask"] == [80, 160, 320]  # MAML's evaluations at the same steps
     # the baseline never adapts in training but adapts at evaluation
     assert "adapt/return_step_1" not in sweep["multitask"][1][-1] or math.isnan(
         sweep["multitask"][1][-1]["adapt/return_step_1"])
