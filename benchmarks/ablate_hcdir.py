@@ -206,6 +206,19 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def save(path: Path, data: dict, by_name: dict) -> None:
+    """Write ``data`` with the runs another process (other variants, same JSON) wrote since this one read it, the
+    summary of them all, atomically (a reader never sees half a file)."""
+    for name, runs in load(path).get("runs", {}).items():
+        for seed, entry in runs.items():
+            data["runs"].setdefault(name, {}).setdefault(seed, entry)
+    data["summary"] = {n: summarize(n, data["runs"][n], by_name) for n in data["runs"] if n in by_name}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None, **table) -> int:
     """Run (or continue) every (variant, seed) of ``parse_args(argv, **table)``; write the JSON after each."""
     args = parse_args(argv, **table)
@@ -225,10 +238,7 @@ def main(argv: list[str] | None = None, **table) -> int:
             runs = data["runs"].setdefault(name, {})
             shown = {k: shlex.join(["python", *plan[k][1:]]) for k in ("cmd", "eval_cmd")}  # no machine's path
             runs[str(seed)] = run_one(plan, {**runs.get(str(seed), {}), **shown})
-            data["summary"] = {n: summarize(n, data["runs"][n], args.by_name) for n in data["runs"]
-                               if n in args.by_name}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(data, indent=1), encoding="utf-8")  # after every run: resumable
+            save(path, data, args.by_name)  # after every run: resumable
     if not args.dry_run:
         print(markdown({n: data["summary"][n] for n in args.names if n in data["summary"]}))
     return 0

@@ -133,3 +133,19 @@ def test_trial_memory_phase_table_means_over_seeds_and_tasks():
     # query phase: mean of (1, 3, 5, 7) = 4; query episode 1: mean of (1.5, 5.5) = 3.5
     assert lines[2] == "| maml-trial-gru | 2 | -3.0 | 4.0 | -3.5 | -2.5 | 3.5 | 4.5 |"
     assert lines[3] == "| maml-mlp | 1 | -15.0 | 0.5 | — | — | — | — |"
+
+
+def test_runs_another_process_wrote_meanwhile_are_kept(tmp_path, monkeypatch):
+    """Two ablation processes (other variants) share one JSON: what the other wrote during this one's run stays.
+    The training is replaced here: the JSON's merge is what this checks."""
+    path = tmp_path / "ablation.json"
+
+    def run_one(plan, entry):
+        path.write_text(json.dumps({"runs": {"lvc": {"0": {"done": True, "task_returns": [1.0, 3.0]}}}}))
+        return {**entry, "done": True, "task_returns": [2.0, 4.0], "iterations": 1, "env_steps": 160}
+
+    monkeypatch.setattr(ablate, "run_one", run_one)
+    assert ablate.main(argv(tmp_path, 160, "default")) == 0
+    data = json.loads(path.read_text())
+    assert set(data["runs"]) == {"default", "lvc"} and data["runs"]["default"]["0"]["task_returns"] == [2.0, 4.0]
+    assert data["summary"]["lvc"]["mean"] == pytest.approx(2.0) and not (tmp_path / "ablation.json.tmp").exists()
