@@ -238,9 +238,10 @@ def prepare(args: argparse.Namespace) -> dict:
         plan = {"config": config, "output": output, "start": 0, "checkpoint": None, "results": None, "lock": lock}
         if exists:
             output.download()
-            if keep_stored_fields(args, _read_results(output.local / RESULTS)):
+            results = _read_results(output.local / RESULTS)
+            if keep_stored_fields(args, results):
                 config = plan["config"] = _check_flags(args)
-            plan.update(_resume_plan(args, config, output))
+            plan.update(_resume_plan(args, config, output, results))
     except BaseException:
         if lock is not None:
             lock.release()
@@ -273,10 +274,9 @@ def keep_stored_fields(args: argparse.Namespace, results: dict) -> dict:
     return kept
 
 
-def _resume_plan(args: argparse.Namespace, config, output: Output) -> dict:
+def _resume_plan(args: argparse.Namespace, config, output: Output, results: dict) -> dict:
     from rllib_ext.checkpoint import iteration_of, latest_checkpoint, load_config  # lazily: no RLlib at import
 
-    results = _read_results(output.local / RESULTS)
     ckpt = latest_checkpoint(output.local)  # raises if `latest` names a broken folder or a file's checksum differs
     done = iteration_of(ckpt) if ckpt is not None else 0
     if args.iterations < done:
