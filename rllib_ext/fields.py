@@ -146,6 +146,9 @@ FIELDS: tuple[Field, ...] = (
     _meta("outer_target_kl", float, None, "trust region by early stopping: the meta-update skips its remaining "
           "outer steps once the mean KL(π_θ'_old ‖ π_θ') on the query exceeds it (the step that crossed it is kept; "
           "meta/outer_steps_run counts the steps taken)", lo=0, lo_open=True, none="off"),
+    _meta("outer_monotone", bool, False, "keep an outer step only if the clipped meta-objective, measured after it "
+          "at θ'(θ) (exact also with first_order), is not worse than before it; else undo it (θ and Adam's state) "
+          "and end the meta-update: one more pass per meta-update (meta/outer_rejected)"),
     _meta("normalize_advantages", bool, True, "normalise the advantages of each task's episodes"),
     _meta("max_seq_len", int, None, "BPTT length (must be >= horizon)", lo=1, none="the horizon"),
     _meta("dtype", str, "float32", "parameter dtype (float64 for exact-gradient checks)",

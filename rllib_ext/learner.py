@@ -12,6 +12,7 @@ same tasks: every Learner divides by the TOTAL number of tasks, then the gradien
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -110,6 +111,8 @@ class MAMLLearner(TorchLearner):
         With ``outer_kl_coeff`` > 0 the objective adds coeff · KL(π_θ'_old ‖ π_θ') of the post-update (query) policy;
         with ``outer_target_kl`` the remaining steps are skipped once that KL (mean over all tasks) exceeds it
         (the step that crossed it is kept). Logs ``outer_kl`` (after the last step taken) and ``outer_steps_run``.
+        With ``outer_monotone`` a step after which the meta-objective (all-reduced) is worse than before it is undone
+        and ends the update (``outer_rejected`` = 1); a pass after the last step measures it.
         """
         cfg = self.config
         tasks = self.prepare(task_results)  # episode tensors and advantages do not change across outer steps
@@ -118,32 +121,52 @@ class MAMLLearner(TorchLearner):
         metrics = {}
         kl_on = cfg.outer_kl_coeff > 0 or cfg.outer_target_kl is not None
         dists_old = self._query_dists(tasks) if kl_on else None
-        for step in range(cfg.outer_steps + int(kl_on)):  # with the KL: one more pass measures it after the last step
+        before = None  # (θ, Adam's state, metrics) before the last step taken: what a rejection restores
+        for step in range(cfg.outer_steps + int(kl_on or cfg.outer_monotone)):
+            measuring = step == cfg.outer_steps  # the pass after the last step: it measures, it does not step
             kl_grads = None
             if kl_on and step > 0:  # at step 0 θ' = θ'_old: KL and its gradient are 0
                 metrics["outer_kl"], kl_grads = self._outer_kl(
-                    tasks, dists_old, num_tasks_total=num_tasks_total, with_grad=step < cfg.outer_steps)
-                if step == cfg.outer_steps or (cfg.outer_target_kl is not None
-                                               and metrics["outer_kl"] > cfg.outer_target_kl):
-                    break  # .grad keeps the last step's gradient
+                    tasks, dists_old, num_tasks_total=num_tasks_total, with_grad=not measuring)
+            stop = measuring or (cfg.outer_target_kl is not None and metrics.get("outer_kl", 0.0) > cfg.outer_target_kl)
+            if stop and not cfg.outer_monotone:
+                break  # .grad keeps the last step's gradient
             optim.zero_grad(set_to_none=False)
             for p, g in zip(params, kl_grads or ()):
                 p.grad = g.clone() if p.grad is None else p.grad.add_(g)
             loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total)
             if dist.is_available() and dist.is_initialized():
                 loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
+            if before is not None and loss > metrics["outer_loss_last"]:  # the last step made it worse: undo it
+                self._restore(params, optim, before)
+                metrics = {**before[2], "outer_rejected": 1}
+                break
+            metrics["outer_loss_last"] = loss
+            if stop:
+                break
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf)
             if not torch.isfinite(norm):
                 raise FloatingPointError(
                     f"non-finite meta-gradient (norm {float(norm)}) at outer step {step}: meta-update aborted, "
                     "parameters left unchanged"
                 )
+            if step == 0:
+                metrics.update(outer_loss=loss, grad_norm=float(norm), logp_mismatch=max_dlogp, outer_steps_run=0)
+            if cfg.outer_monotone:
+                before = ([p.detach().clone() for p in params], copy.deepcopy(optim.state_dict()), dict(metrics))
             optim.step()
             metrics["outer_steps_run"] = step + 1
-            if step == 0:
-                metrics.update(outer_loss=loss, grad_norm=float(norm), logp_mismatch=max_dlogp)
-            metrics["outer_loss_last"] = loss
+        if cfg.outer_monotone:
+            metrics.setdefault("outer_rejected", 0)
         return metrics
+
+    @staticmethod
+    def _restore(params: list[torch.Tensor], optim: torch.optim.Optimizer, before: tuple) -> None:
+        """θ and Adam's state as they were before the last step (``outer_monotone``'s rejection)."""
+        with torch.no_grad():
+            for p, saved in zip(params, before[0]):
+                p.copy_(saved)
+        optim.load_state_dict(before[1])
 
     def _query_dists(self, tasks: Sequence[PreparedTask]) -> list[torch.Tensor]:
         """π_θ'_old: the post-update policy's distribution inputs on each task's query, before the first step."""

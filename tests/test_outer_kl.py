@@ -164,7 +164,9 @@ def learner_and_results(cfg):
 
 def reference_update(learner, results, *, steps: int, coeff: float = 0.0):
     """Today's meta-update written out (Adam steps on the clipped surrogate, norm clip 1.0) on a copy of the
-    Learner's net, plus coeff · ∇ of the hand-written query KL; returns (θ after each step, KL after each step)."""
+    Learner's net, plus coeff · ∇ of the hand-written query KL; returns (θ after each step, KL after each step);
+    ``reference_update.last`` keeps the surrogate at θ before each step and after the last, and Adam's state after
+    each step."""
     cfg = learner.config
     net = copy.deepcopy(learner.policy.net)
     params = list(net.parameters())
@@ -178,22 +180,27 @@ def reference_update(learner, results, *, steps: int, coeff: float = 0.0):
         return torch.func.functional_call(net, p, (o, None), strict=False)[0]
 
     olds = rl.query_dists(lp, dist_fn, dict(net.named_parameters()), tasks, inner_lr=cfg.inner_lr)
-    thetas, kls = [], []
-    for step in range(steps):
+    thetas, kls, losses, adams = [], [], [], []
+    for step in range(steps + 1):  # the pass after the last step only measures the loss there
         optim.zero_grad(set_to_none=False)
         if coeff and step > 0:
             named = dict(net.named_parameters())
             kl = rl.query_kls(lp, dist_fn, named, tasks, olds, inner_lr=cfg.inner_lr, discrete=False)
             for p, g in zip(params, torch.autograd.grad(coeff * kl.sum() / len(tasks), list(named.values()))):
                 p.grad.add_(g)
-        meta_gradient_batched(lp, dict(net.named_parameters()), tasks, num_tasks_total=len(tasks),
-                              inner_lr=cfg.inner_lr, gamma=cfg.gamma, clip=cfg.clip_param)
+        loss, _ = meta_gradient_batched(lp, dict(net.named_parameters()), tasks, num_tasks_total=len(tasks),
+                                        inner_lr=cfg.inner_lr, gamma=cfg.gamma, clip=cfg.clip_param)
+        losses.append(loss)
+        if step == steps:
+            break
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optim.step()
         thetas.append([p.detach().clone() for p in params])
+        adams.append([{k: v.clone() for k, v in optim.state[p].items()} for p in params])
         kl = rl.query_kls(lp, dist_fn, dict(net.named_parameters()), tasks, olds, inner_lr=cfg.inner_lr,
                           discrete=False)
         kls.append(float(kl.mean()))
+    reference_update.last = {"losses": losses, "adams": adams}
     return thetas, kls
 
 
@@ -202,6 +209,8 @@ def run_case(cfg, **ref):
     try:
         thetas, kls = reference_update(learner, results, **ref)
         metrics = learner.meta_update(results, num_tasks_total=len(results))
+        optim = learner.get_optimizer()
+        run_case.optim_state = [{k: v.clone() for k, v in optim.state[p].items()} for p in learner.policy.parameters()]
         return [p.detach().clone() for p in learner.policy.parameters()], metrics, thetas, kls
     finally:
         algo.stop()
@@ -263,3 +272,35 @@ def test_two_learners_measure_the_kl_of_all_tasks(ray_session):
     assert two["outer_kl"] == pytest.approx(one["outer_kl"], rel=1e-9)
     for name, w in w_one.items():
         np.testing.assert_allclose(np.asarray(w_two[name]), np.asarray(w), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+# --- outer_monotone: an outer step that makes the meta-objective worse is undone ---------------------------------
+BIG_LR = 0.04  # on this case the surrogate gets worse at step 2 (-0.0277 -> -0.0269): steps of lr 0.04 overshoot
+
+
+@pytest.mark.timeout(300)
+def test_monotone_undoes_the_first_step_that_makes_the_objective_worse(ray_session):
+    _, _, thetas, _ = run_case(config(outer_steps=4).training(lr=BIG_LR), steps=4)
+    losses, adams = reference_update.last["losses"], reference_update.last["adams"]
+    worse = next(k for k in range(1, 5) if losses[k] > losses[k - 1])  # step `worse` raised the loss
+    assert worse >= 2, losses  # the case: at least one step is kept
+    got, metrics, _, _ = run_case(config(outer_steps=4, outer_monotone=True).training(lr=BIG_LR), steps=4)
+    assert metrics["outer_rejected"] == 1 and metrics["outer_steps_run"] == worse - 1
+    assert metrics["outer_loss_last"] == pytest.approx(losses[worse - 1], rel=1e-12)
+    for a, b in zip(got, thetas[worse - 2]):  # θ after the steps before the worse one
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    state = run_case.optim_state  # Adam's state is restored too: the next update starts where it should
+    for p_state, want in zip(state, adams[worse - 2]):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(p_state[key], want[key], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.timeout(300)
+def test_monotone_keeps_every_step_that_does_not_make_it_worse(ray_session):
+    got, metrics, thetas, _ = run_case(config(outer_steps=3, outer_monotone=True), steps=3)
+    losses = reference_update.last["losses"]
+    assert all(b <= a for a, b in zip(losses, losses[1:])), losses  # the case: lr 0.01 improves at every step
+    for a, b in zip(got, thetas[-1]):
+        assert torch.equal(a, b)
+    assert metrics["outer_rejected"] == 0 and metrics["outer_steps_run"] == 3
+    assert metrics["outer_loss_last"] == pytest.approx(losses[-1], rel=1e-12)  # measured after the last step

@@ -46,6 +46,7 @@ PRESETS: dict[str, dict] = {
         "backbone": "mlp", "width": 100, "backbone_kwargs": {"num_layers": 2, "activation": "tanh"},
         "inner_objective": "lvc", "outer_steps": 5, "lr": 1e-3, "clip_param": 0.3, "gamma": 0.99,
         "normalize_advantages": True, "outer_kl_coeff": 0.0, "outer_target_kl": None,
+        "outer_monotone": False,
     },
 }
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import socket
@@ -17,8 +16,6 @@ from pathlib import Path
 
 from metarl.apps.flags import config_from_args
 from metarl.apps.provenance import json_safe
-
-logger = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 LOCK = ".lock"
@@ -156,9 +153,8 @@ class RunLock:
         except (OSError, ValueError, KeyError, TypeError):
             holder, pid, host = None, None, None
         if holder is not None and host == socket.gethostname() and not _alive(pid):
-            logger.warning("run folder lock %s is stale: its process %d (host %s) is no longer running (killed or "
-                           "crashed); taking it over", self.path, pid, host)
-            print(f"note: stale lock {self.path} of process {pid}, which is no longer running, was removed")
+            print(f"note: stale lock {self.path} of process {pid}, which is no longer running (killed or crashed), "
+                  "was removed", flush=True)
             self.path.unlink(missing_ok=True)
             return
         who = f"process {pid} on host {host}" if holder else "an unknown process (unreadable lock file)"
