@@ -115,6 +115,22 @@ def test_resume_keeps_the_runs_own_values_of_flags_not_given(tmp_path, capsys):
     assert (last_config()["inner_lr"], last_config()["num_env_runners"]) == (0.2, 0)
 
 
+def test_resume_gives_a_field_newer_than_the_run_its_table_default(capsys):
+    """A field added since the run started (absent from its record) takes the table's default, not a preset's
+    value: the run goes on as it ran before the field existed. A flag given on resume still wins."""
+    from metarl.apps.run_folder import keep_stored_fields
+    from rllib_ext.fields import FIELDS
+
+    args = tiny_args("unused", 1)
+    stored = {f.name: getattr(args, f.dest) for f in FIELDS if f.name != "outer_monotone"}  # before it existed
+    results = {"provenance": {"config": stored}}
+    args.outer_monotone = True  # as a preset would set it
+    assert keep_stored_fields(args, results) == {"outer_monotone": False} and args.outer_monotone is False
+    assert "kept the run's outer_monotone=False" in capsys.readouterr().out
+    args = tiny_args("unused", 1, "--outer-monotone")  # given on resume: it wins
+    assert keep_stored_fields(args, results) == {} and args.outer_monotone is True
+
+
 @pytest.mark.timeout(240)
 def test_crash_mid_checkpoint_keeps_latest_and_resume_recovers(tmp_path, reference, monkeypatch):
     out = tmp_path / "run"

@@ -249,8 +249,9 @@ def prepare(args: argparse.Namespace) -> dict:
 def keep_stored_fields(args: argparse.Namespace, results: dict) -> dict:
     """``--resume``: every config field whose flag was not given takes the value the run last ran with (the
     provenance of results.json's last resume, else of its start), so that a default or a preset changed since never
-    changes it; given flags win, ``RESUME_FREE`` fields are the command line's. Returns {field: value} kept (printed
-    when not empty)."""
+    changes it; given flags win, ``RESUME_FREE`` fields are the command line's. A field the run's record lacks (added
+    to the table since it started) takes its table default, the behaviour the run had before the field existed.
+    Returns {field: value} kept (printed when not empty)."""
     from rllib_ext.fields import FIELDS
 
     last = ([r for r in results.get("resumes") or [] if isinstance(r, dict)] or [results])[-1]
@@ -258,9 +259,9 @@ def keep_stored_fields(args: argparse.Namespace, results: dict) -> dict:
     given = getattr(args, "given_fields", frozenset())
     kept = {}
     for f in FIELDS:
-        if f.name in RESUME_FREE or f.dest in given or f.name not in stored:
+        if f.name in RESUME_FREE or f.dest in given or not stored:
             continue
-        value = stored[f.name]
+        value = stored.get(f.name, f.default)
         if value != getattr(args, f.dest):
             setattr(args, f.dest, dict(value) if isinstance(value, dict) else value)
             kept[f.name] = value
