@@ -5,6 +5,7 @@ Run (about 10-15 minutes on an idle 2-core machine)::
     .venv/bin/python benchmarks/scaling.py                                  # mlp and gru, all layouts
     .venv/bin/python benchmarks/scaling.py --backbones gru --iterations 2   # quicker
     .venv/bin/python benchmarks/scaling.py --auto-only --rounds 3           # 1 core vs ``auto``, alternating
+    .venv/bin/python benchmarks/scaling.py --auto-only --first-order        # metarl train's MuJoCo default
 
 Each layout runs in a fresh process (its own embedded Ray) pinned to its cores with ``os.sched_setaffinity``
 (inherited by every Ray worker it starts): ``1 core`` = everything in the driver; on 2 cores every layout
@@ -15,7 +16,7 @@ to the 1-core layout of the same backbone, measured in the same run (with ``--ro
 times, in alternation, and the table shows medians; the speedup is the median of each round's ratio).
 ``(auto)`` marks the layout that ``--num-env-runners auto --num-learners auto`` picks on 2 cores (``make run``'s).
 
-Defaults: HalfCheetahDir H=100, 20 tasks x 10 episodes on 10 sub-envs per runner, width 64. Results: BENCHMARKS.md.
+Defaults: HalfCheetahDir H=100, 20 tasks x 10 episodes on 10 sub-envs per runner, width 64, second order. Results: BENCHMARKS.md.
 Debug in-process: ``python benchmarks/scaling.py --child '{"backbone": "mlp", "cores": [0], "runners": 0,
 "learners": 0, "iterations": 1, ...}'`` runs one layout in this process.
 """
@@ -88,7 +89,8 @@ def child(spec: dict) -> dict:
              log_to_driver=False)
     cfg = (MAMLConfig()
            .meta(task=spec["task"], horizon=spec["horizon"], backbone=spec["backbone"], width=spec["width"],
-                 meta_batch_size=spec["meta_batch_size"], episodes_per_task=spec["episodes_per_task"])
+                 meta_batch_size=spec["meta_batch_size"], episodes_per_task=spec["episodes_per_task"],
+                 first_order=spec["first_order"])
            .env_runners(num_env_runners=spec["runners"], num_envs_per_env_runner=spec["num_envs"])
            .learners(num_learners=spec["learners"])
            .debugging(seed=0))
@@ -156,6 +158,8 @@ def main() -> None:
     p.add_argument("--auto-only", action="store_true", help="only 1 core and the layout 'auto' picks on 2 cores")
     p.add_argument("--rounds", type=int, default=1,
                    help="runs of every layout, alternating; the table shows medians (speedup: of each round's ratio)")
+    p.add_argument("--first-order", action="store_true",
+                   help="first-order meta-gradient (metarl train's MuJoCo default, --preset auto); default: second order")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -165,9 +169,10 @@ def main() -> None:
         sys.exit("scaling.py needs 2 cores (this process may run on fewer)")
     base = dict(task=args.task, horizon=args.horizon, meta_batch_size=args.meta_batch_size,
                 episodes_per_task=args.episodes_per_task, num_envs=args.num_envs, width=args.width,
-                iterations=args.iterations)
+                iterations=args.iterations, first_order=args.first_order)
     print(f"{args.task} H={args.horizon}, {args.meta_batch_size} tasks x {args.episodes_per_task} episodes, "
-          f"{args.num_envs} sub-envs per runner, width {args.width}, median of {args.iterations} iterations")
+          f"{args.num_envs} sub-envs per runner, width {args.width}, {'first' if args.first_order else 'second'} "
+          f"order, median of {args.iterations} iterations")
     print(f"{'backbone':8s} {'layout':40s} {'iter s':>7s} {'speedup':>7s} {'steps/s':>8s} {'sample s':>8s} "
           f"{'cores':>5s} {'update s':>8s} {'cores':>5s}")
     for backbone in args.backbones.split(","):
