@@ -147,8 +147,12 @@ FIELDS: tuple[Field, ...] = (
           "outer steps once the mean KL(π_θ'_old ‖ π_θ') on the query exceeds it (the step that crossed it is kept; "
           "meta/outer_steps_run counts the steps taken)", lo=0, lo_open=True, none="off"),
     _meta("outer_monotone", bool, False, "keep an outer step only if the clipped meta-objective, measured after it "
-          "at θ'(θ) (exact also with first_order), is not worse than before it; else undo it (θ and Adam's state) "
-          "and end the meta-update: one more pass per meta-update (meta/outer_rejected)"),
+          "at θ'(θ) (exact also with first_order), is not worse than before it; else shorten it (outer_backtracks) "
+          "or undo it (θ and Adam's state), and end the meta-update. One more pass per meta-update, one per "
+          "shortening (meta/outer_step_kept)"),
+    _meta("outer_backtracks", int, 5, "with outer_monotone: a step that made the objective worse is tried at 1/2, "
+          "1/4, ... of its length, this many times, before it is undone (a line search, as TRPO's); 0: undone at "
+          "once", lo=0),
     _meta("normalize_advantages", bool, True, "normalise the advantages of each task's episodes"),
     _meta("max_seq_len", int, None, "BPTT length (must be >= horizon)", lo=1, none="the horizon"),
     _meta("dtype", str, "float32", "parameter dtype (float64 for exact-gradient checks)",

@@ -111,8 +111,8 @@ class MAMLLearner(TorchLearner):
         With ``outer_kl_coeff`` > 0 the objective adds coeff · KL(π_θ'_old ‖ π_θ') of the post-update (query) policy;
         with ``outer_target_kl`` the remaining steps are skipped once that KL (mean over all tasks) exceeds it
         (the step that crossed it is kept). Logs ``outer_kl`` (after the last step taken) and ``outer_steps_run``.
-        With ``outer_monotone`` a step after which the meta-objective (all-reduced) is worse than before it is undone
-        and ends the update (``outer_rejected`` = 1); a pass after the last step measures it.
+        With ``outer_monotone`` a step after which the meta-objective (all-reduced) is worse than before it is
+        shortened or undone (``_backtrack``) and ends the update; a pass after the last step measures it.
         """
         cfg = self.config
         tasks = self.prepare(task_results)  # episode tensors and advantages do not change across outer steps
@@ -137,9 +137,8 @@ class MAMLLearner(TorchLearner):
             loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total)
             if dist.is_available() and dist.is_initialized():
                 loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
-            if before is not None and loss > metrics["outer_loss_last"]:  # the last step made it worse: undo it
-                self._restore(params, optim, before)
-                metrics = {**before[2], "outer_rejected": 1}
+            if before is not None and loss > metrics["outer_loss_last"]:  # the last step made it worse
+                metrics = self._backtrack(tasks, params, optim, before, num_tasks_total=num_tasks_total)
                 break
             metrics["outer_loss_last"] = loss
             if stop:
@@ -157,16 +156,40 @@ class MAMLLearner(TorchLearner):
             optim.step()
             metrics["outer_steps_run"] = step + 1
         if cfg.outer_monotone:
-            metrics.setdefault("outer_rejected", 0)
+            metrics.setdefault("outer_step_kept", 1.0)
         return metrics
 
-    @staticmethod
-    def _restore(params: list[torch.Tensor], optim: torch.optim.Optimizer, before: tuple) -> None:
-        """θ and Adam's state as they were before the last step (``outer_monotone``'s rejection)."""
+    def _backtrack(self, tasks, params: list[torch.Tensor], optim, before: tuple, *, num_tasks_total: int) -> dict:
+        """The last step Δ made the meta-objective worse: θ_before + Δ/2^j for j = 1..``outer_backtracks`` (a line
+        search, as TRPO's), keeping the first that is not worse than θ_before (Adam's moments stay: they are of
+        the gradient at θ_before); if none is, θ and Adam's state as before the step. Returns the metrics, with
+        ``outer_step_kept`` the fraction of Δ kept (0: undone)."""
+        theta_before, adam_before, metrics = before
+        deltas = [p.detach() - t for p, t in zip(params, theta_before)]
+        for j in range(1, self.config.outer_backtracks + 1):
+            with torch.no_grad():
+                for p, t, d in zip(params, theta_before, deltas):
+                    p.copy_(t + d / 2**j)
+            loss = self._loss(tasks, params, num_tasks_total=num_tasks_total)
+            if loss <= metrics["outer_loss_last"]:
+                return {**metrics, "outer_loss_last": loss, "outer_steps_run": metrics["outer_steps_run"] + 1,
+                        "outer_step_kept": 0.5**j}
         with torch.no_grad():
-            for p, saved in zip(params, before[0]):
-                p.copy_(saved)
-        optim.load_state_dict(before[1])
+            for p, t in zip(params, theta_before):
+                p.copy_(t)
+        optim.load_state_dict(adam_before)
+        return {**metrics, "outer_step_kept": 0.0}
+
+    def _loss(self, tasks, params: list[torch.Tensor], *, num_tasks_total: int) -> float:
+        """The meta-objective at the current θ (all Learners' tasks); ``.grad`` is left zero."""
+        for p in params:
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
+        loss, _ = self.meta_gradient(tasks, num_tasks_total=num_tasks_total)
+        if dist.is_available() and dist.is_initialized():
+            loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
+        for p in params:
+            p.grad.zero_()
+        return loss
 
     def _query_dists(self, tasks: Sequence[PreparedTask]) -> list[torch.Tensor]:
         """π_θ'_old: the post-update policy's distribution inputs on each task's query, before the first step."""
