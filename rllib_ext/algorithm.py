@@ -115,12 +115,19 @@ class MAML(Algorithm):
         t0 = time.perf_counter()
         results = self.run_jobs(jobs)
         t_sample = time.perf_counter() - t0
+        trained_steps = self._lifetime_steps(results)
         t0 = time.perf_counter()
-        learner_metrics = self.meta_update(results)
+        learner_metrics = self.meta_update(results, first_order=self._first_order_now(trained_steps))
         t_update = time.perf_counter() - t0
         self.push_weights()
         self._log_iteration(results, learner_metrics, t_sample=t_sample, t_update=t_update)
-        self._log_heldout(iteration, trained_steps=self._lifetime_steps(results))
+        self._log_heldout(iteration, trained_steps=trained_steps)
+
+    def _first_order_now(self, trained_steps: int) -> bool:
+        """The meta-gradient's order this iteration: ``first_order``, or first order while ``trained_steps`` (this
+        iteration's included) is below ``first_order_until``."""
+        cfg = self.config
+        return cfg.first_order if cfg.first_order_until is None else trained_steps < cfg.first_order_until
 
     # --- held-out evaluation (rllib_ext.heldout: the same function as metarl evaluate) ---------------------------
     def evaluate_heldout(self) -> tuple[list[dict], dict[str, float]]:
@@ -219,15 +226,18 @@ class MAML(Algorithm):
                 raise RuntimeError(_lost_runners_message(self._runner_nodes, self.config))
             time.sleep(1.0)
 
-    def meta_update(self, results: list[TaskResult]) -> dict:
-        """The Learners' meta-update on the meta-batch; metrics reduced over Learners (``reduce_learner_metrics``)."""
+    def meta_update(self, results: list[TaskResult], *, first_order: bool | None = None) -> dict:
+        """The Learners' meta-update on the meta-batch; metrics reduced over Learners (``reduce_learner_metrics``).
+        ``first_order``: this update's order (None: the config's ``first_order``)."""
         n = len(results)
         group = self.learner_group
         if group.is_local:
-            return local_learner(group).meta_update(results, num_tasks_total=n)
+            return local_learner(group).meta_update(results, num_tasks_total=n, first_order=first_order)
         k = len(group)  # one shard per Learner (by task)
         shards = [results[i * n // k : (i + 1) * n // k] for i in range(k)]
-        per_learner = call_each_learner(group, [lambda lr, s=s: lr.meta_update(s, num_tasks_total=n) for s in shards])
+        per_learner = call_each_learner(group, [lambda lr, s=s: lr.meta_update(s, num_tasks_total=n,
+                                                                                first_order=first_order)
+                                                for s in shards])
         return reduce_learner_metrics(per_learner)
 
     # --- metrics ----------------------------------------------------------------------------------------------

@@ -134,6 +134,10 @@ class MAMLConfig(AlgorithmConfig):
                 f"MAMLConfig.eval_episodes = {self.eval_episodes} (flag --eval-episodes) must be a multiple of "
                 f"num_envs_per_env_runner = {self.num_envs_per_env_runner} (or None: episodes_per_task)"
             )
+        if self.first_order and self.first_order_until is not None:
+            raise ValueError(f"MAMLConfig.first_order_until = {self.first_order_until} (flag --first-order-until) "
+                             "switches from first to second order, but first_order = True keeps first order "
+                             "throughout: give one of them (first_order=False with first_order_until)")
         if self.memory == "trial" and (self.outer_kl_coeff or self.outer_target_kl is not None):
             raise ValueError(f"MAMLConfig.outer_kl_coeff = {self.outer_kl_coeff}, outer_target_kl = "
                              f"{self.outer_target_kl} need memory='episode' (got memory='trial'); allowed with trial "

@@ -125,6 +125,10 @@ FIELDS: tuple[Field, ...] = (
     _meta("episodes_per_task", int, 10, "episodes per task per inner step (a multiple of "
           "num_envs_per_env_runner)", lo=1),
     _meta("first_order", bool, False, "drop the second-order term of the meta-gradient (first-order MAML)"),
+    _meta("first_order_until", int, None, "first order while the run's training env steps (env_steps/lifetime, "
+          "this iteration's included) are below this, second order from there on: first order learns faster early, "
+          "and later its steps stop improving the exact objective (BENCHMARKS.md, HalfCheetahDir to 30 M); needs "
+          "first_order=False", lo=1, none="first_order decides throughout"),
     _meta("inner_objective", str, "vpg", "inner loss: 'vpg' (the MAML paper's policy-gradient surrogate) or 'lvc' "
           "(ProMP's low-variance curvature: same inner step, its Hessian adds the sampling-distribution term)",
           choices=lambda: ["vpg", "lvc"]),

@@ -76,7 +76,8 @@ class MAMLLearner(TorchLearner):
         ]
 
     def meta_gradient(
-        self, tasks: Sequence[PreparedTask], *, num_tasks_total: int, per_task_loop: bool = False
+        self, tasks: Sequence[PreparedTask], *, num_tasks_total: int, per_task_loop: bool = False,
+        first_order: bool | None = None,
     ) -> tuple[float, float]:
         """Accumulate ∇θ Σ_tasks L_outer(θ'_task(θ)) / num_tasks_total into ``.grad``; returns (loss, max |Δlogp|).
 
@@ -88,11 +89,12 @@ class MAMLLearner(TorchLearner):
         """
         cfg = self.config
         net = self.policy.net
+        first_order = cfg.first_order if first_order is None else first_order
         if cfg.memory == "trial":  # whole trials through the carried state (tests/test_trial_batched.py)
             return (trial.trial_meta_gradient_loop if per_task_loop else trial_meta_gradient_batched)(
                 net, dict(net.named_parameters()), tasks, num_envs=cfg.num_envs_per_env_runner,
                 num_tasks_total=num_tasks_total, inner_lr=cfg.inner_lr, clip=cfg.clip_param,
-                first_order=cfg.first_order, objective=cfg.inner_objective)
+                first_order=first_order, objective=cfg.inner_objective)
         return (meta_gradient_loop if per_task_loop else meta_gradient_batched)(
             lambda p, o, a: functional_log_prob(net, p, o, a)[0],
             dict(net.named_parameters()),
@@ -101,11 +103,12 @@ class MAMLLearner(TorchLearner):
             inner_lr=cfg.inner_lr,
             gamma=cfg.gamma,
             clip=cfg.clip_param,
-            first_order=cfg.first_order,
+            first_order=first_order,
             objective=cfg.inner_objective,
         )
 
-    def meta_update(self, task_results: Sequence[TaskResult], *, num_tasks_total: int) -> dict:
+    def meta_update(self, task_results: Sequence[TaskResult], *, num_tasks_total: int,
+                    first_order: bool | None = None) -> dict:
         """``outer_steps`` Adam steps on the meta-objective of this Learner's shard of tasks.
 
         With ``outer_kl_coeff`` > 0 the objective adds coeff · KL(π_θ'_old ‖ π_θ') of the post-update (query) policy;
@@ -113,12 +116,14 @@ class MAMLLearner(TorchLearner):
         (the step that crossed it is kept). Logs ``outer_kl`` (after the last step taken) and ``outer_steps_run``.
         With ``outer_monotone`` a step after which the meta-objective (all-reduced) is worse than before it is
         shortened or undone (``_backtrack``) and ends the update; a pass after the last step measures it.
+        ``first_order`` (None: the config's) is the Algorithm's choice under ``first_order_until``; logged.
         """
         cfg = self.config
+        self._first_order = cfg.first_order if first_order is None else first_order
         tasks = self.prepare(task_results)  # episode tensors and advantages do not change across outer steps
         optim = self.get_optimizer(DEFAULT_MODULE_ID)
         params = list(self.policy.parameters())
-        metrics = {}
+        metrics = {"first_order": int(self._first_order)}
         kl_on = cfg.outer_kl_coeff > 0 or cfg.outer_target_kl is not None
         dists_old = self._query_dists(tasks) if kl_on else None
         before = None  # (θ, Adam's state, metrics) before the last step taken: what a rejection restores
@@ -134,7 +139,7 @@ class MAMLLearner(TorchLearner):
             optim.zero_grad(set_to_none=False)
             for p, g in zip(params, kl_grads or ()):
                 p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-            loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total)
+            loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total, first_order=self._first_order)
             if dist.is_available() and dist.is_initialized():
                 loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
             if before is not None and loss > metrics["outer_loss_last"]:  # the last step made it worse
@@ -184,7 +189,7 @@ class MAMLLearner(TorchLearner):
         """The meta-objective at the current θ (all Learners' tasks); ``.grad`` is left zero."""
         for p in params:
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
-        loss, _ = self.meta_gradient(tasks, num_tasks_total=num_tasks_total)
+        loss, _ = self.meta_gradient(tasks, num_tasks_total=num_tasks_total, first_order=self._first_order)
         if dist.is_available() and dist.is_initialized():
             loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
         for p in params:
@@ -208,7 +213,7 @@ class MAMLLearner(TorchLearner):
         grad = with_grad and cfg.outer_kl_coeff > 0
         kls = query_kls(lambda p, o, a: functional_log_prob(net, p, o, a)[0], self._dist_fn,
                         dict(net.named_parameters()), tasks, dists_old, inner_lr=cfg.inner_lr,
-                        discrete=net.discrete, first_order=cfg.first_order or not grad,
+                        discrete=net.discrete, first_order=self._first_order or not grad,
                         objective=cfg.inner_objective)
         grads = None
         if grad:

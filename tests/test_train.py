@@ -132,6 +132,30 @@ def test_resume_gives_a_field_newer_than_the_run_its_table_default(capsys):
 
 
 @pytest.mark.timeout(240)
+def test_first_order_until_is_first_order_then_second_order(tmp_path):
+    """--first-order-until N (N within iteration 2's env steps) == a first-order run resumed after iteration 1
+    with --no-first-order (resumed runs continue exactly), and differs from first order throughout at iteration 2."""
+    steps_1 = 2 * 2 * 2 * 10  # tasks x episodes x phases x horizon: env steps of one iteration
+    switch = tiny_args(tmp_path / "switch", 2, "--first-order-until", str(steps_1 + 1))
+    run_loop.run(switch, echo=lambda s: None)
+    run_loop.run(tiny_args(tmp_path / "forked", 1, "--first-order"), echo=lambda s: None)
+    run_loop.run(tiny_args(tmp_path / "forked", 2, "--resume", "--no-first-order"), echo=lambda s: None)
+    run_loop.run(tiny_args(tmp_path / "first", 2, "--first-order"), echo=lambda s: None)
+    got, forked, first = (records(tmp_path / n) for n in ("switch", "forked", "first"))
+    assert [r["env_steps/lifetime"] for r in got] == [steps_1, 2 * steps_1]
+    assert [r["meta/first_order"] for r in got] == [1, 0]
+    assert_same_run(got, forked)
+    assert got[1]["meta/grad_norm"] == pytest.approx(forked[1]["meta/grad_norm"], rel=1e-5)
+    assert got[0]["meta/grad_norm"] == pytest.approx(first[0]["meta/grad_norm"], rel=1e-5)
+    assert got[1]["meta/grad_norm"] != pytest.approx(first[1]["meta/grad_norm"], rel=1e-3)  # the order matters
+
+
+def test_first_order_until_with_first_order_is_refused():
+    with pytest.raises(ValueError, match=r"first_order_until = 100 .*first_order = True"):
+        flags.config_from_args(tiny_args("unused", 1, "--first-order", "--first-order-until", "100")).validate_meta()
+
+
+@pytest.mark.timeout(240)
 def test_crash_mid_checkpoint_keeps_latest_and_resume_recovers(tmp_path, reference, monkeypatch):
     out = tmp_path / "run"
     run_loop.run(tiny_args(out, 2), echo=lambda s: None)

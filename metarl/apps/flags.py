@@ -43,6 +43,7 @@ PRESETS: dict[str, dict] = {
     "mujoco": MUJOCO_PRESET_VALUES,
     "paper": {
         "meta_batch_size": 40, "episodes_per_task": 20, "inner_steps": 1, "inner_lr": 0.1, "first_order": False,
+        "first_order_until": None,
         "backbone": "mlp", "width": 100, "backbone_kwargs": {"num_layers": 2, "activation": "tanh"},
         "inner_objective": "lvc", "outer_steps": 5, "lr": 1e-3, "clip_param": 0.3, "gamma": 0.99,
         "normalize_advantages": True, "outer_kl_coeff": 0.0, "outer_target_kl": None,
