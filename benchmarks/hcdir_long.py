@@ -1,8 +1,9 @@
 """HalfCheetahDir (H=100) to >= 30 M env steps with held-out evaluation every 25 iterations, against the anchors.
 
-Run (resumable; 2 seeds x 750 iterations of 40,000 env steps; about 40 minutes per seed on one idle core)::
+Run (resumable; 2 seeds x 750 iterations of 40,000 env steps; about an hour per seed on one idle core)::
 
-    .venv/bin/python benchmarks/hcdir_long.py                          # the MuJoCo default (--preset auto)
+    .venv/bin/python benchmarks/hcdir_long.py                          # the MuJoCo default (switch-9M)
+    .venv/bin/python benchmarks/hcdir_long.py --variants first-order   # first order throughout
     .venv/bin/python benchmarks/hcdir_long.py --variants paper         # the published configuration (--preset paper)
     .venv/bin/python benchmarks/hcdir_long.py --dry-run                # the plan and the commands
 
@@ -38,7 +39,8 @@ bench = _load("trial_memory_bench")  # curve(): (env steps, held-out return afte
 
 #: (name, knob, value, flags) on top of --train-args
 VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("default", "(none)", "the MuJoCo default (--preset auto: mujoco)", ()),
+    ("switch-9M", "first_order_until", "9 M (the MuJoCo default, --preset auto)", ("--first-order-until", "9000000")),
+    ("first-order", "first_order", "True throughout (the MuJoCo default until 2026-12-02)", ("--first-order",)),
     ("paper", "preset", "paper", ("--preset", "paper")),
 )
 BY_NAME = {v[0]: v for v in VARIANTS}
@@ -54,7 +56,7 @@ ANCHORS = (
 
 
 def defaults() -> dict:
-    return {"variants": "default", "budget": 30_000_000, "root": "runs/hcdir-long",
+    return {"variants": "switch-9M", "budget": 30_000_000, "root": "runs/hcdir-long",
             "results": "docs/results/hcdir_long.json",
             "train_args": "--num-env-runners 0 --eval-every 25 --eval-tasks 2 --eval-episodes 20",
             "base_args": ""}  # `--preset auto`: the MuJoCo default

@@ -9,8 +9,8 @@ How to run::
 
 Defaults: halfcheetah-dir (the two-direction task, horizon 100), an MLP policy of width 64 (``--backbone gru|lstm|
 ssm|lru|transformer`` for the sequence models: slower per iteration, see BENCHMARKS.md), meta-batch 20 tasks x 10
-episodes (10 sub-envs per runner), one inner VPG step (α 0.1), a first-order meta-gradient (``--preset auto``: the
-MuJoCo preset; ``--preset default`` for the table's second order), 5 Adam steps, 60 iterations = 2.4 M env steps,
+episodes (10 sub-envs per runner), one inner VPG step (α 0.1), a first-order meta-gradient for the first 9 M env steps
+(``--preset auto``: the MuJoCo preset, so all of the default run; ``--preset default`` for the table's second order), 5 Adam steps, 60 iterations = 2.4 M env steps,
 checkpoints every 20. Outputs in ``--out`` (default ``runs/mujoco``):
 results.json, progress.csv, tb/, adaptation.png, checkpoints/ (glossary: ``metarl/apps/records.py``).
 Actors: ``--num-env-runners auto --num-learners auto`` (the defaults here; ``metarl train`` defaults to 0 and 0)

@@ -159,7 +159,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="runs of every layout, alternating; the table shows medians (speedup: of each round's ratio)")
     p.add_argument("--first-order", action="store_true",
-                   help="first-order meta-gradient (metarl train's MuJoCo default, --preset auto); default: second order")
+                   help="first-order meta-gradient (metarl train's MuJoCo default for the first 9 M env steps); default: "
+                        "second order")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

@@ -112,8 +112,8 @@ def test_hcdir_long_writes_its_curve_and_crossings(tmp_path, capsys):
                       "--train-args", TINY + " --eval-every 1 --eval-tasks 2 --eval-episodes 2"])
     assert code == 0
     data = json.loads(results.read_text())
-    assert data["crossings"] == {"default": {"0": {"150": None, "260": None}}}
-    steps, returns = long.bench.curve(str(tmp_path / "runs" / "default" / "seed0"))
+    assert data["crossings"] == {"switch-9M": {"0": {"150": None, "260": None}}}
+    steps, returns = long.bench.curve(str(tmp_path / "runs" / "switch-9M" / "seed0"))
     assert steps == [160, 320] and all(r < 0 for r in returns)
     assert results.with_name("long_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "not reached" in capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_make_run_prints_the_layout_first_then_the_preset(monkeypatch, capsys):
     assert mod.main(["--num-cpus", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "layout for 2 core(s)" in lines[0]
-    assert lines[1].startswith("--preset auto (mujoco: task halfcheetah-dir) set first_order=True")
+    assert lines[1].startswith("--preset auto (mujoco: task halfcheetah-dir) set first_order_until=9000000")
 
 
 def test_a_count_that_is_neither_int_nor_auto_is_an_argparse_error(capsys):

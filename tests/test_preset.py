@@ -62,7 +62,7 @@ def test_auto_preset_gives_the_mujoco_families_the_mujoco_preset(task, capsys):
         assert {k: getattr(cfg, k) for k in mujoco} == mujoco
         assert all(getattr(cfg, f.name) == f.default for f in FIELDS if f.name not in mujoco and f.name != "task")
         out = capsys.readouterr().out
-        assert out.startswith(f"--preset auto (mujoco: task {task}) set ") and "first_order=True" in out
+        assert out.startswith(f"--preset auto (mujoco: task {task}) set ") and "first_order_until=9000000" in out
 
 
 def test_the_preset_is_applied_before_the_layout_reads_the_meta_batch():

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 AUTO_FIELDS = ("num_env_runners", "num_learners")
 #: ``--preset auto``: the preset for the task (see ``PRESETS``)
 AUTO_PRESET = "auto"
-#: the MuJoCo locomotion default (HalfCheetahDir ablation, BENCHMARKS.md), and how ``--help`` says it
-#: (5 M env steps, 2 seeds x both directions held out: first order 82.8 [10.9, 170.7] vs the table's second order
-#: -17.9 [-29.3, -10.8]; no combination measured better beyond noise)
-MUJOCO_PRESET_VALUES: dict = {"first_order": True}
-MUJOCO_PRESET_HELP = "first-order meta-gradient"
+#: the MuJoCo locomotion default, and how ``--help`` says it (BENCHMARKS.md, "HalfCheetahDir ablation" and
+#: "HalfCheetahDir to 30 M"): first order learns fastest early (5 M env steps, 2 seeds x both directions held out:
+#: 82.8 [10.9, 170.7] vs the table's second order -17.9 [-29.3, -10.8]), but from 6-10 M its outer steps make the
+#: exact objective worse in most iterations and a first-order run collapsed at 15.6 M; continued second order from
+#: 15 M the same run held 231-260 to 21 M. 9 M: where first order's steps had failed in over half the iterations.
+MUJOCO_PRESET_VALUES: dict = {"first_order_until": 9_000_000}
+MUJOCO_PRESET_HELP = "first-order meta-gradient for the first 9 M env steps, second order after"
 
 #: ``--preset NAME``: field values set before the flags are read; a flag given on the command line wins.
 #: ``auto`` (the flag's default): ``mujoco`` for the MuJoCo locomotion families (``tasks.LOCOMOTION``), else
