@@ -119,11 +119,11 @@ class MAMLLearner(TorchLearner):
         ``first_order`` (None: the config's) is the Algorithm's choice under ``first_order_until``; logged.
         """
         cfg = self.config
-        self._first_order = cfg.first_order if first_order is None else first_order
+        first_order = cfg.first_order if first_order is None else first_order
         tasks = self.prepare(task_results)  # episode tensors and advantages do not change across outer steps
         optim = self.get_optimizer(DEFAULT_MODULE_ID)
         params = list(self.policy.parameters())
-        metrics = {"first_order": int(self._first_order)}
+        metrics = {"first_order": int(first_order)}
         kl_on = cfg.outer_kl_coeff > 0 or cfg.outer_target_kl is not None
         dists_old = self._query_dists(tasks) if kl_on else None
         before = None  # (θ, Adam's state, metrics) before the last step taken: what a rejection restores
@@ -132,18 +132,17 @@ class MAMLLearner(TorchLearner):
             kl_grads = None
             if kl_on and step > 0:  # at step 0 θ' = θ'_old: KL and its gradient are 0
                 metrics["outer_kl"], kl_grads = self._outer_kl(
-                    tasks, dists_old, num_tasks_total=num_tasks_total, with_grad=not measuring)
+                    tasks, dists_old, num_tasks_total=num_tasks_total, with_grad=not measuring, first_order=first_order)
             stop = measuring or (cfg.outer_target_kl is not None and metrics.get("outer_kl", 0.0) > cfg.outer_target_kl)
             if stop and not cfg.outer_monotone:
                 break  # .grad keeps the last step's gradient
             optim.zero_grad(set_to_none=False)
             for p, g in zip(params, kl_grads or ()):
                 p.grad = g.clone() if p.grad is None else p.grad.add_(g)
-            loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total, first_order=self._first_order)
-            if dist.is_available() and dist.is_initialized():
-                loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
+            loss, max_dlogp = self._reduced_meta_gradient(tasks, params, num_tasks_total, first_order)
             if before is not None and loss > metrics["outer_loss_last"]:  # the last step made it worse
-                metrics = self._backtrack(tasks, params, optim, before, num_tasks_total=num_tasks_total)
+                metrics = self._backtrack(tasks, params, optim, before, num_tasks_total=num_tasks_total,
+                                          first_order=first_order)
                 break
             metrics["outer_loss_last"] = loss
             if stop:
@@ -164,7 +163,16 @@ class MAMLLearner(TorchLearner):
             metrics.setdefault("outer_step_kept", 1.0)
         return metrics
 
-    def _backtrack(self, tasks, params: list[torch.Tensor], optim, before: tuple, *, num_tasks_total: int) -> dict:
+    def _reduced_meta_gradient(self, tasks, params: list[torch.Tensor], num_tasks_total: int,
+                               first_order: bool) -> tuple[float, float]:
+        """``meta_gradient`` into ``.grad``, summed with the other Learners' (loss too): (loss, max |Δlogp|)."""
+        loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total, first_order=first_order)
+        if dist.is_available() and dist.is_initialized():
+            loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
+        return loss, max_dlogp
+
+    def _backtrack(self, tasks, params: list[torch.Tensor], optim, before: tuple, *, num_tasks_total: int,
+                   first_order: bool) -> dict:
         """The last step Δ made the meta-objective worse: θ_before + Δ/2^j for j = 1..``outer_backtracks`` (a line
         search, as TRPO's), keeping the first that is not worse than θ_before (Adam's moments stay: they are of
         the gradient at θ_before); if none is, θ and Adam's state as before the step. Returns the metrics, with
@@ -175,7 +183,9 @@ class MAMLLearner(TorchLearner):
             with torch.no_grad():
                 for p, t, d in zip(params, theta_before, deltas):
                     p.copy_(t + d / 2**j)
-            loss = self._loss(tasks, params, num_tasks_total=num_tasks_total)
+            for p in params:  # the pass also writes a gradient: the update ends here, so it is dropped
+                p.grad.zero_()
+            loss, _ = self._reduced_meta_gradient(tasks, params, num_tasks_total, first_order)
             if loss <= metrics["outer_loss_last"]:
                 return {**metrics, "outer_loss_last": loss, "outer_steps_run": metrics["outer_steps_run"] + 1,
                         "outer_step_kept": 0.5**j}
@@ -184,17 +194,6 @@ class MAMLLearner(TorchLearner):
                 p.copy_(t)
         optim.load_state_dict(adam_before)
         return {**metrics, "outer_step_kept": 0.0}
-
-    def _loss(self, tasks, params: list[torch.Tensor], *, num_tasks_total: int) -> float:
-        """The meta-objective at the current θ (all Learners' tasks); ``.grad`` is left zero."""
-        for p in params:
-            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
-        loss, _ = self.meta_gradient(tasks, num_tasks_total=num_tasks_total, first_order=self._first_order)
-        if dist.is_available() and dist.is_initialized():
-            loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
-        for p in params:
-            p.grad.zero_()
-        return loss
 
     def _query_dists(self, tasks: Sequence[PreparedTask]) -> list[torch.Tensor]:
         """π_θ'_old: the post-update policy's distribution inputs on each task's query, before the first step."""
@@ -205,15 +204,15 @@ class MAMLLearner(TorchLearner):
     def _dist_fn(self, params: dict, obs: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self.policy.net, params, (obs, None), strict=False)[0]
 
-    def _outer_kl(self, tasks: Sequence[PreparedTask], dists_old, *, num_tasks_total: int,
-                  with_grad: bool) -> tuple[float, list[torch.Tensor] | None]:
+    def _outer_kl(self, tasks: Sequence[PreparedTask], dists_old, *, num_tasks_total: int, with_grad: bool,
+                  first_order: bool) -> tuple[float, list[torch.Tensor] | None]:
         """(mean over ALL tasks of KL(π_θ'_old ‖ π_θ'(θ)) on the query, all-reduced so that every Learner stops at the
         same step; with ``with_grad`` and outer_kl_coeff > 0: outer_kl_coeff · ∇θ Σ_tasks KL / num_tasks_total)."""
         net, cfg = self.policy.net, self.config
         grad = with_grad and cfg.outer_kl_coeff > 0
         kls = query_kls(lambda p, o, a: functional_log_prob(net, p, o, a)[0], self._dist_fn,
                         dict(net.named_parameters()), tasks, dists_old, inner_lr=cfg.inner_lr,
-                        discrete=net.discrete, first_order=self._first_order or not grad,
+                        discrete=net.discrete, first_order=first_order or not grad,
                         objective=cfg.inner_objective)
         grads = None
         if grad:

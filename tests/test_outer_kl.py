@@ -165,11 +165,12 @@ def learner_and_results(cfg):
 def reference_update(learner, results, *, steps: int, coeff: float = 0.0):
     """Today's meta-update written out (Adam steps on the clipped surrogate, norm clip 1.0) on a copy of the
     Learner's net, plus coeff · ∇ of the hand-written query KL; returns (θ after each step, KL after each step);
-    ``reference_update.last`` keeps the surrogate at θ before each step and after the last, and Adam's state after
-    each step."""
+    ``reference_update.last`` keeps θ before the first step, the surrogate at θ before each step and after the last,
+    and Adam's state after each step."""
     cfg = learner.config
     net = copy.deepcopy(learner.policy.net)
     params = list(net.parameters())
+    theta0 = [p.detach().clone() for p in params]
     optim = torch.optim.Adam(params, lr=cfg.lr)
     tasks = learner.prepare(results)
 
@@ -207,15 +208,13 @@ def reference_update(learner, results, *, steps: int, coeff: float = 0.0):
         return meta_gradient_batched(lp, dict(net.named_parameters()), tasks, num_tasks_total=len(tasks),
                                      inner_lr=cfg.inner_lr, gamma=cfg.gamma, clip=cfg.clip_param)[0]
 
-    reference_update.last = {"losses": losses, "adams": adams, "loss_at": loss_at}
+    reference_update.last = {"theta0": theta0, "losses": losses, "adams": adams, "loss_at": loss_at}
     return thetas, kls
 
 
-def run_case(cfg, on_start=None, **ref):
+def run_case(cfg, **ref):
     algo, learner, results = learner_and_results(cfg)
     try:
-        if on_start is not None:
-            on_start(learner)
         thetas, kls = reference_update(learner, results, **ref)
         metrics = learner.meta_update(results, num_tasks_total=len(results))
         optim = learner.get_optimizer()
@@ -290,18 +289,12 @@ BIG_LR = 0.04  # on this case the surrogate gets worse at step 2 (-0.0277 -> -0.
 def worse_case():
     """The plain 4-step update at BIG_LR: (θ before each step, losses at them, Adam's state after each step, the
     first step that raised the loss, loss_at)."""
-    theta0 = None
-
-    def start(learner):
-        nonlocal theta0
-        theta0 = [p.detach().clone() for p in learner.policy.parameters()]
-
-    _, _, thetas, _ = run_case(config(outer_steps=4).training(lr=BIG_LR), steps=4, on_start=start)
+    _, _, thetas, _ = run_case(config(outer_steps=4).training(lr=BIG_LR), steps=4)
     last = reference_update.last
     losses = last["losses"]
     worse = next(k for k in range(1, 5) if losses[k] > losses[k - 1])  # step `worse` raised the loss
     assert worse >= 2, losses  # the case: at least one step is kept
-    return [theta0, *thetas], losses, last["adams"], worse, last["loss_at"]
+    return [last["theta0"], *thetas], losses, last["adams"], worse, last["loss_at"]
 
 
 @pytest.mark.timeout(300)

@@ -258,8 +258,8 @@ def keep_stored_fields(args: argparse.Namespace, results: dict) -> dict:
     stored = (last.get("provenance") or {}).get("config") or {}
     given = getattr(args, "given_fields", frozenset())
     kept = {}
-    for f in FIELDS:
-        if f.name in RESUME_FREE or f.dest in given or not stored:
+    for f in FIELDS if stored else ():  # a record without a config (an old run) keeps the command line's values
+        if f.name in RESUME_FREE or f.dest in given:
             continue
         value = stored.get(f.name, f.default)
         if value != getattr(args, f.dest):
