@@ -226,11 +226,19 @@ class MAMLLearner(TorchLearner):
 
     @staticmethod
     def _all_reduce(params: list[torch.Tensor], loss_sum: float) -> float:
-        """Sum the gradients and ``loss_sum`` over Learners; returns the summed loss."""
+        """Sum the gradients and ``loss_sum`` over Learners in ONE collective; returns the summed loss.
+
+        Every gradient and the loss travel in one float64 buffer (exact for float32 gradients of 2 Learners: the sum
+        is rounded once, as float32's own sum): one synchronisation point per outer step instead of one per
+        parameter tensor, which on busy cores is what the per-tensor reduce waited on (BENCHMARKS.md, layouts)."""
         for p in params:  # every Learner reduces the same list of tensors, used or not
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         loss_t = torch.tensor([loss_sum], dtype=torch.float64, device=params[0].device)  # NCCL: on the device
-        dist.all_reduce(loss_t)
-        return float(loss_t)
+        flat = torch.cat([p.grad.reshape(-1).to(torch.float64) for p in params] + [loss_t])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+        return float(flat[-1])

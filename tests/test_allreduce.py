@@ -71,3 +71,48 @@ def test_two_learners_reduce_to_the_one_learner_meta_gradient_and_loss():
                                        err_msg=f"weight {name} learner {i}")
         np.testing.assert_array_equal(learners[0][name][1], learners[1][name][1], err_msg="learners drifted apart")
     assert sum(float(np.abs(g).sum()) for g, _ in single.values()) > 0
+
+
+def _reduce_worker(rank: int, init_file: str, out_file: str) -> None:  # one gloo rank (torch.multiprocessing.spawn)
+    import torch
+    import torch.distributed as dist
+
+    from rllib_ext.learner import MAMLLearner
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        gen = torch.Generator().manual_seed(rank)
+        params = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5)),
+                  torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]
+        params[0].grad = torch.randn(3, 4, generator=gen)
+        params[2].grad = torch.randn(2, generator=gen, dtype=torch.float64)  # params[1]: no gradient on this rank
+        if rank == 1:
+            params[1].grad = torch.randn(5, generator=gen)
+        loss = MAMLLearner._all_reduce(params, 0.1 * (rank + 1))
+        torch.save({"loss": loss, "grads": [p.grad for p in params]}, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_one_collective_sums_every_gradient_and_the_loss_exactly(tmp_path):
+    """``_all_reduce`` packs every gradient and the loss into one buffer: each tensor must come back as the sum of
+    the two ranks' own tensors (float32 bit for bit, as float32's own sum), in its shape and dtype, a missing
+    gradient as zeros, and the loss summed (a numpy oracle over the ranks' inputs)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "out")
+    mp.spawn(_reduce_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}") for r in (0, 1)]
+    inputs = []
+    for rank in (0, 1):
+        gen = torch.Generator().manual_seed(rank)
+        g0, g2 = torch.randn(3, 4, generator=gen), torch.randn(2, generator=gen, dtype=torch.float64)
+        g1 = torch.randn(5, generator=gen) if rank == 1 else torch.zeros(5)
+        inputs.append([g0, g1, g2])
+    for rank in ranks:
+        assert rank["loss"] == pytest.approx(0.1 + 0.2, rel=1e-15)
+        for got, a, b in zip(rank["grads"], *inputs):
+            assert got.dtype == a.dtype and got.shape == a.shape
+            np.testing.assert_array_equal(got.numpy(), (a + b).numpy())
