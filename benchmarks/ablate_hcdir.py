@@ -17,7 +17,9 @@ and a markdown table (knob, value, held-out return after one inner step: mean an
 interval over seeds x directions, training env steps per seed, wall time of all seeds).
 
 Resumable: a (variant, seed) whose run holds its last iteration is not re-trained (and not re-evaluated once its
-evaluation file exists); one with fewer iterations is continued from its checkpoint (``--resume``). Expected numbers: none yet (the ablation has not been run on this
+evaluation file exists); one with fewer iterations is continued from its checkpoint (``--resume``). Several processes may share the plan and
+its JSON (one per core, e.g. the same command twice): a run that another live process is training (its run folder's
+lock) is skipped, and each process keeps the runs the others wrote; run it once more at the end to collect all. Expected numbers: none yet (the ablation has not been run on this
 machine; BENCHMARKS.md says how to run it). Debug one run in-process: run its printed command (``--dry-run``)
 with ``python -m metarl.train ...``.
 """
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from metarl import tasks  # noqa: E402
 from metarl.apps.provenance import provenance  # noqa: E402
+from metarl.apps.run_folder import RunLock  # noqa: E402
 from metarl.apps.stats import interval  # noqa: E402
 
 #: (name, knob, value, flags) — flags on top of the default configuration (the table's defaults)
@@ -171,6 +174,10 @@ def run_one(plan: dict, entry: dict) -> dict:
     is its record in the JSON (returned updated)."""
     got = read_run(plan["out"])
     wall = entry.get("wall_s", 0.0)
+    if (got is None or got["iterations"] < plan["iterations"]) and RunLock(Path(plan["out"])).in_use():
+        print(f"skipped {plan['out']}: another process is training it (run this script again once it is done)",
+              flush=True)
+        return entry
     if got is None or got["iterations"] < plan["iterations"]:
         wall += _timed(plan["cmd"] + (["--resume"] if got is not None else []))
         got = read_run(plan["out"])

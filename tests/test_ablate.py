@@ -8,6 +8,7 @@ JSON holds every run's held-out per-task returns and the summary interval; the m
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -149,3 +150,15 @@ def test_runs_another_process_wrote_meanwhile_are_kept(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     assert set(data["runs"]) == {"default", "lvc"} and data["runs"]["default"]["0"]["task_returns"] == [2.0, 4.0]
     assert data["summary"]["lvc"]["mean"] == pytest.approx(2.0) and not (tmp_path / "ablation.json.tmp").exists()
+
+
+def test_a_run_another_live_process_trains_is_skipped(tmp_path, capsys):
+    """Two ablation processes on one plan: a run folder locked by a live process (this one) is neither trained nor
+    evaluated, and its entry is not marked done."""
+    run_dir = tmp_path / "runs" / "default" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": 0}))
+    assert ablate.main(argv(tmp_path, 160, "default")) == 0
+    out = capsys.readouterr().out
+    assert "$ " not in out and f"skipped {run_dir}: another process is training it" in out
+    assert not json.loads((tmp_path / "ablation.json").read_text())["runs"]["default"]["0"].get("done")

@@ -419,13 +419,16 @@ def test_stale_lock_of_a_dead_process_is_explained_and_replaced(tmp_path, capsys
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    assert not RunLock(tmp_path).in_use()  # no lock
     (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0}))
+    assert not RunLock(tmp_path).in_use()  # stale
     lock = RunLock(tmp_path).acquire()
     out = capsys.readouterr().out
     assert "stale lock" in out and f"process {dead.pid}, which is no longer running" in out
     assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     with pytest.raises(ValueError, match=rf"in use by process {os.getpid()}"):
         RunLock(tmp_path).acquire()  # a live holder refuses a second writer
+    assert RunLock(tmp_path).in_use()
     lock.release()
     assert not (tmp_path / ".lock").exists()
 

@@ -146,12 +146,25 @@ class RunLock:
             return self
         raise ValueError(f"run folder lock {self.path}: another process took it meanwhile; try again")
 
-    def _check_holder(self) -> None:
+    def in_use(self) -> bool:
+        """Whether another process holds the lock now (a live process, another host's, or an unreadable lock);
+        False when there is no lock or it is stale."""
+        if not self.path.exists():
+            return False
+        holder = self._holder()
+        return holder is None or holder[1] != socket.gethostname() or _alive(holder[0])
+
+    def _holder(self) -> tuple[int, str] | None:
+        """(pid, host) of the lock file; None when it cannot be read."""
         try:
             holder = json.loads(self.path.read_text(encoding="utf-8"))
-            pid, host = int(holder["pid"]), str(holder["host"])
+            return int(holder["pid"]), str(holder["host"])
         except (OSError, ValueError, KeyError, TypeError):
-            holder, pid, host = None, None, None
+            return None
+
+    def _check_holder(self) -> None:
+        holder = self._holder()
+        pid, host = holder if holder is not None else (None, None)
         if holder is not None and host == socket.gethostname() and not _alive(pid):
             print(f"note: stale lock {self.path} of process {pid}, which is no longer running (killed or crashed), "
                   "was removed", flush=True)
