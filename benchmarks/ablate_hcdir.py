@@ -214,11 +214,13 @@ def load(path: Path) -> dict:
 
 
 def save(path: Path, data: dict, by_name: dict) -> None:
-    """Write ``data`` with the runs another process (other variants, same JSON) wrote since this one read it, the
-    summary of them all, atomically (a reader never sees half a file)."""
+    """Write ``data`` with the runs another process (same JSON) wrote since this one read it (its finished entry
+    wins over this one's unfinished one), the summary of them all, atomically (a reader never sees half a file)."""
     for name, runs in load(path).get("runs", {}).items():
         for seed, entry in runs.items():
-            data["runs"].setdefault(name, {}).setdefault(seed, entry)
+            mine = data["runs"].setdefault(name, {}).setdefault(seed, entry)
+            if entry.get("done") and not mine.get("done"):  # a run this one skipped, finished by the other
+                data["runs"][name][seed] = entry
     data["summary"] = {n: summarize(n, data["runs"][n], by_name) for n in data["runs"] if n in by_name}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

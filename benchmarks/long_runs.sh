@@ -8,7 +8,8 @@
 #   at a lower priority, so it takes what the other lanes leave).
 # Lane 2, one process at a time: the HalfCheetahDir ablation (22 variants x 2 seeds x 5 M env steps, each variant
 #   one knob of the table's defaults: --preset default), then trial memory on HalfCheetahDir (10 M).
-# Lane 3: HalfCheetahDir to 30 M env steps with the MuJoCo default (--preset auto), 2 seeds.
+# Lane 3: HalfCheetahDir to 30 M env steps with the MuJoCo default (--preset auto), 2 seeds; then a second process
+#   on the trial-memory plan (a run that the other process trains is skipped: run_one checks its lock).
 # Each step's own log is under runs/; results land in docs/results/ (then `metarl report` / the BENCHMARKS tables).
 set -u
 cd "$(dirname "$0")/.."
@@ -31,8 +32,10 @@ lane2() {
         >> runs/trial-memory/halfcheetah-dir.log 2>&1
 }
 
-lane3() {
+lane3() {  # then a second process on lane 2's trial-memory plan (each skips the run the other is training)
     $PY benchmarks/hcdir_long.py >> runs/hcdir-long.log 2>&1
+    $PY benchmarks/trial_memory_bench.py --task halfcheetah-dir --budget 10000000 --eval-tasks 2 --eval-episodes 20 \
+        >> runs/trial-memory/halfcheetah-dir-2.log 2>&1
 }
 
 lane1 &

@@ -162,3 +162,23 @@ def test_a_run_another_live_process_trains_is_skipped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "$ " not in out and f"skipped {run_dir}: another process is training it" in out
     assert not json.loads((tmp_path / "ablation.json").read_text())["runs"]["default"]["0"].get("done")
+
+
+def test_a_skipped_run_that_the_other_process_finished_keeps_its_result(tmp_path, monkeypatch):
+    """This process skipped a run (its entry unfinished); the other one finished it and wrote the JSON meanwhile:
+    the finished entry survives this process's save."""
+    run_dir = tmp_path / "runs" / "default" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": 0}))
+    path, real = tmp_path / "ablation.json", ablate.run_one
+    done = {"done": True, "task_returns": [2.0, 4.0], "iterations": 1, "env_steps": 160, "wall_s": 5.0}
+
+    def run_one(plan, entry):  # skips (locked); the other process writes its finished entry before this one saves
+        out = real(plan, entry)
+        path.write_text(json.dumps({"runs": {"default": {"0": done}}}))
+        return out
+
+    monkeypatch.setattr(ablate, "run_one", run_one)
+    assert ablate.main(argv(tmp_path, 160, "default")) == 0
+    data = json.loads(path.read_text())
+    assert data["runs"]["default"]["0"] == done and data["summary"]["default"]["mean"] == pytest.approx(3.0)
