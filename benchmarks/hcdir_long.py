@@ -89,24 +89,26 @@ def crossing_table(table: dict) -> str:
 
 
 def plot(data: dict, root: str, path: Path) -> None:
-    """Held-out return after one step vs env steps: each seed thin, the mean thick, the anchors as points."""
+    """Held-out return after one step vs env steps: each seed thin, the mean over seeds thick (in the variant's
+    colour), the anchors as points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, runs in data["runs"].items():
+    for i, (name, runs) in enumerate(data["runs"].items()):
+        color = f"C{i}"
         curves = [bench.curve(str(Path(root) / name / f"seed{seed}")) for seed in runs]
-        for x, y in curves:
-            ax.plot(np.array(x) / 1e6, y, lw=0.7, alpha=0.5)
+        for (x, y), seed, ls in zip(curves, runs, ("-", "--", ":", "-.")):
+            ax.plot(np.array(x) / 1e6, y, lw=0.8, alpha=0.6, color=color, ls=ls, label=f"{name}: seed {seed}")
         n = min((len(x) for x, _ in curves), default=0)
-        if n:
-            ax.plot(np.array(curves[0][0][:n]) / 1e6, np.mean([y[:n] for _, y in curves], axis=0), lw=2,
-                    label=f"{name}: mean of {len(curves)} seeds")
-    for label in dict.fromkeys(a[0] for a in ANCHORS):
+        if n > 0 and len(curves) > 1:
+            ax.plot(np.array(curves[0][0][:n]) / 1e6, np.mean([y[:n] for _, y in curves], axis=0), lw=2.2,
+                    color=color, label=f"{name}: mean of {len(curves)} seeds")
+    for label, (color, marker) in zip(dict.fromkeys(a[0] for a in ANCHORS), (("black", "s"), ("grey", "^"))):
         pts = [(s / 1e6, r) for lbl, s, r in ANCHORS if lbl == label]
-        ax.plot(*zip(*pts), "o--", ms=5, label=f"{label} (published)")
+        ax.plot(*zip(*pts), ls="--", marker=marker, ms=5, color=color, label=f"{label} (published)")
     for level in LEVELS:
         ax.axhline(level, color="grey", lw=0.5, ls=":")
     ax.set(xlabel="training env steps (millions)", ylabel="held-out return after 1 inner step",
