@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from metarl import tasks  # noqa: E402
 from metarl.apps.provenance import provenance  # noqa: E402
 from metarl.apps.run_folder import RunLock  # noqa: E402
-from metarl.apps.stats import interval  # noqa: E402
+from metarl.apps.stats import difference, interval  # noqa: E402
 
 #: (name, knob, value, flags) — flags on top of the default configuration (the table's defaults)
 VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -186,10 +186,15 @@ def run_one(plan: dict, entry: dict) -> dict:
     return {**entry, **got, **read_heldout(plan["heldout"]), "wall_s": wall, "done": True}
 
 
+def done_table(runs: dict) -> list[list[float]]:
+    """Held-out return after one step of each finished seed, per task: the (seeds, tasks) table."""
+    return [r["task_returns"] for r in runs.values() if r.get("done") and r.get("task_returns")]
+
+
 def summarize(name: str, runs: dict, by_name: dict | None = None) -> dict:
     """Held-out return after one step over seeds x tasks: mean and 95% two-level bootstrap interval."""
     variant = (BY_NAME if by_name is None else by_name)[name]
-    table = [r["task_returns"] for r in runs.values() if r.get("done") and r.get("task_returns")]
+    table = done_table(runs)
     row = {"knob": variant[1], "value": variant[2], "seeds_done": len(table),
            "env_steps": max((r.get("env_steps", 0) for r in runs.values()), default=0),
            "wall_s": sum(r.get("wall_s", 0.0) for r in runs.values())}
@@ -199,13 +204,34 @@ def summarize(name: str, runs: dict, by_name: dict | None = None) -> dict:
     return row
 
 
+def add_differences(summary: dict, all_runs: dict, reference: str) -> None:
+    """Each variant's mean minus ``reference``'s, with the 95% interval of that difference (two-level bootstrap,
+    the two trainings resampled independently: ``metarl.apps.stats.difference``), into its summary row."""
+    base = done_table(all_runs.get(reference, {}))
+    for name, row in summary.items():
+        table = done_table(all_runs[name])
+        if name == reference or "mean" not in row or not base or len({len(t) for t in table + base}) != 1:
+            continue
+        d = difference(table, base)
+        row.update(reference=reference, delta=d.mean, delta_low=d.low, delta_high=d.high)
+
+
 def markdown(summary: dict) -> str:
-    lines = ["| variant | knob | value | held-out return after 1 step (95% interval) | seeds | env steps/seed | wall |",
-             "|---|---|---|---|---:|---:|---:|"]
+    """The table: per variant its held-out return, and its difference to the reference variant (beyond noise in
+    bold: the interval excludes 0)."""
+    ref = next((r["reference"] for r in summary.values() if "reference" in r), None)
+    lines = ["| variant | knob | value | held-out return after 1 step (95% interval) | "
+             + (f"difference to {ref} (95% interval) | " if ref else "") + "seeds | env steps/seed | wall |",
+             "|---|---|---|---|" + ("---|" if ref else "") + "---:|---:|---:|"]
     for name, r in summary.items():
         ret = f"{r['mean']:.1f} [{r['low']:.1f}, {r['high']:.1f}]" if "mean" in r else "—"
-        lines.append(f"| {name} | {r['knob']} | {r['value']} | {ret} | {r['seeds_done']} | {r['env_steps']:,} | "
-                     f"{r['wall_s'] / 3600:.2f} h |")
+        delta = ""
+        if ref:
+            delta = f"{r['delta']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]" if "delta" in r else "—"
+            delta = f"**{delta}**" if "delta" in r and (r["delta_low"] > 0 or r["delta_high"] < 0) else delta
+            delta += " | "
+        lines.append(f"| {name} | {r['knob']} | {r['value']} | {ret} | {delta}{r['seeds_done']} | "
+                     f"{r['env_steps']:,} | {r['wall_s'] / 3600:.2f} h |")
     return "\n".join(lines)
 
 
@@ -222,6 +248,7 @@ def save(path: Path, data: dict, by_name: dict) -> None:
             if entry.get("done") and not mine.get("done"):  # a run this one skipped, finished by the other
                 data["runs"][name][seed] = entry
     data["summary"] = {n: summarize(n, data["runs"][n], by_name) for n in data["runs"] if n in by_name}
+    add_differences(data["summary"], data["runs"], reference=next(iter(by_name)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")

@@ -5,7 +5,7 @@
 #   setsid nohup benchmarks/long_runs.sh > runs/long_runs.log 2>&1 &     # from the repo root, after `make install`
 #
 # Lane 1: the HalfCheetahDir backbone x method comparison (a Tune sweep, two trials at a time; Ray runs its trials
-#   at a lower priority, so it takes what the other lanes leave).
+#   at niceness 15, so the other lanes run at 15 too: without it the sweep got ~5% of a core).
 # Lane 2, one process at a time: the HalfCheetahDir ablation (22 variants x 2 seeds x 5 M env steps, each variant
 #   one knob of the table's defaults: --preset default), then trial memory on HalfCheetahDir (10 M).
 # Lane 3: HalfCheetahDir to 30 M env steps with the MuJoCo default (--preset auto), 2 seeds; then a second process
@@ -13,7 +13,7 @@
 # Each step's own log is under runs/; results land in docs/results/ (then `metarl report` / the BENCHMARKS tables).
 set -u
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY="nice -n 15 .venv/bin/python"  # the niceness Ray gives the sweep's trials: every lane gets an equal share
 mkdir -p runs/sweeps runs/trial-memory
 
 resume_flag() {  # --resume once the sweep's experiment folder exists

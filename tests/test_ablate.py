@@ -150,6 +150,13 @@ def test_runs_another_process_wrote_meanwhile_are_kept(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     assert set(data["runs"]) == {"default", "lvc"} and data["runs"]["default"]["0"]["task_returns"] == [2.0, 4.0]
     assert data["summary"]["lvc"]["mean"] == pytest.approx(2.0) and not (tmp_path / "ablation.json.tmp").exists()
+    # the difference to the reference (the table's first variant): lvc's 2.0 minus default's 3.0
+    lvc = data["summary"]["lvc"]
+    assert lvc["reference"] == "default" and lvc["delta"] == pytest.approx(2.0 - 3.0, abs=1e-12)
+    assert lvc["delta_low"] <= lvc["delta"] <= lvc["delta_high"] and "delta" not in data["summary"]["default"]
+    table = ablate.markdown(data["summary"])
+    assert "| difference to default (95% interval) |" in table
+    assert f"| lvc | inner_objective | lvc | 2.0 [1.0, 3.0] | {lvc['delta']:+.1f} [" in table
 
 
 def test_a_run_another_live_process_trains_is_skipped(tmp_path, capsys):
