@@ -14,13 +14,15 @@ trained for ceil(budget / env steps per iteration) iterations, then evaluated on
 ``python -m metarl evaluate`` (``--eval-tasks 2`` = both directions, ``--eval-episodes 20`` episodes each before
 and after one inner step; written to RUN/heldout_<iterations>.json). Results: ``docs/results/hcdir_ablation.json``
 and a markdown table (knob, value, held-out return after one inner step: mean and 95% two-level bootstrap
-interval over seeds x directions, training env steps per seed, wall time of all seeds).
+interval over seeds x directions, its difference to the first variant with that difference's interval, training
+env steps per seed, wall time of all seeds).
 
 Resumable: a (variant, seed) whose run holds its last iteration is not re-trained (and not re-evaluated once its
-evaluation file exists); one with fewer iterations is continued from its checkpoint (``--resume``). Several processes may share the plan and
-its JSON (one per core, e.g. the same command twice): a run that another live process is training (its run folder's
-lock) is skipped, and each process keeps the runs the others wrote; run it once more at the end to collect all. Expected numbers: none yet (the ablation has not been run on this
-machine; BENCHMARKS.md says how to run it). Debug one run in-process: run its printed command (``--dry-run``)
+evaluation file exists); one with fewer iterations is continued from its checkpoint (``--resume``). Several
+processes may share the plan and its JSON (one per core, e.g. the same command twice): a run that another live
+process is training (its run folder's lock) is skipped, and each process keeps the runs the others wrote; run it
+once more at the end to collect all. Expected numbers: BENCHMARKS.md, "HalfCheetahDir ablation" (the first-order
+meta-gradient +101 over the default at 5 M). Debug one run in-process: run its printed command (``--dry-run``)
 with ``python -m metarl.train ...``.
 """
 
