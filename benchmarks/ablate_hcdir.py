@@ -176,11 +176,12 @@ def run_one(plan: dict, entry: dict) -> dict:
     is its record in the JSON (returned updated)."""
     got = read_run(plan["out"])
     wall = entry.get("wall_s", 0.0)
-    if (got is None or got["iterations"] < plan["iterations"]) and RunLock(Path(plan["out"])).in_use():
+    unfinished = got is None or got["iterations"] < plan["iterations"]
+    if unfinished and RunLock(Path(plan["out"])).in_use():
         print(f"skipped {plan['out']}: another process is training it (run this script again once it is done)",
               flush=True)
         return entry
-    if got is None or got["iterations"] < plan["iterations"]:
+    if unfinished:
         wall += _timed(plan["cmd"] + (["--resume"] if got is not None else []))
         got = read_run(plan["out"])
     if not Path(plan["heldout"]).exists():
@@ -227,14 +228,18 @@ def markdown(summary: dict) -> str:
              "|---|---|---|---|" + ("---|" if ref else "") + "---:|---:|---:|"]
     for name, r in summary.items():
         ret = f"{r['mean']:.1f} [{r['low']:.1f}, {r['high']:.1f}]" if "mean" in r else "—"
-        delta = ""
-        if ref:
-            delta = f"{r['delta']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]" if "delta" in r else "—"
-            delta = f"**{delta}**" if "delta" in r and (r["delta_low"] > 0 or r["delta_high"] < 0) else delta
-            delta += " | "
+        delta = f"{_delta_cell(r)} | " if ref else ""
         lines.append(f"| {name} | {r['knob']} | {r['value']} | {ret} | {delta}{r['seeds_done']} | "
                      f"{r['env_steps']:,} | {r['wall_s'] / 3600:.2f} h |")
     return "\n".join(lines)
+
+
+def _delta_cell(row: dict) -> str:
+    """The difference to the reference with its interval; bold when the interval excludes 0."""
+    if "delta" not in row:
+        return "—"
+    cell = f"{row['delta']:+.1f} [{row['delta_low']:+.1f}, {row['delta_high']:+.1f}]"
+    return f"**{cell}**" if row["delta_low"] > 0 or row["delta_high"] < 0 else cell
 
 
 def load(path: Path) -> dict:

@@ -237,8 +237,6 @@ class MAMLLearner(TorchLearner):
         loss_t = torch.tensor([loss_sum], dtype=torch.float64, device=params[0].device)  # NCCL: on the device
         flat = torch.cat([p.grad.reshape(-1).to(torch.float64) for p in params] + [loss_t])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+        for p, chunk in zip(params, flat.split([p.numel() for p in params] + [1])):
+            p.grad.copy_(chunk.view_as(p.grad))
         return float(flat[-1])

@@ -8,12 +8,13 @@ JSON holds every run's held-out per-task returns and the summary interval; the m
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
 import pytest
 from conftest import load_benchmark
+
+from metarl.apps.run_folder import RunLock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ablate = load_benchmark("ablate_hcdir")
@@ -163,8 +164,7 @@ def test_a_run_another_live_process_trains_is_skipped(tmp_path, capsys):
     """Two ablation processes on one plan: a run folder locked by a live process (this one) is neither trained nor
     evaluated, and its entry is not marked done."""
     run_dir = tmp_path / "runs" / "default" / "seed0"
-    run_dir.mkdir(parents=True)
-    (run_dir / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": 0}))
+    RunLock(run_dir).acquire()  # held by this live process (released with tmp_path)
     assert ablate.main(argv(tmp_path, 160, "default")) == 0
     out = capsys.readouterr().out
     assert "$ " not in out and f"skipped {run_dir}: another process is training it" in out
@@ -175,8 +175,7 @@ def test_a_skipped_run_that_the_other_process_finished_keeps_its_result(tmp_path
     """This process skipped a run (its entry unfinished); the other one finished it and wrote the JSON meanwhile:
     the finished entry survives this process's save."""
     run_dir = tmp_path / "runs" / "default" / "seed0"
-    run_dir.mkdir(parents=True)
-    (run_dir / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": 0}))
+    RunLock(run_dir).acquire()  # held by this live process (released with tmp_path)
     path, real = tmp_path / "ablation.json", ablate.run_one
     done = {"done": True, "task_returns": [2.0, 4.0], "iterations": 1, "env_steps": 160, "wall_s": 5.0}
 

@@ -149,10 +149,7 @@ class RunLock:
     def in_use(self) -> bool:
         """Whether another process holds the lock now (a live process, another host's, or an unreadable lock);
         False when there is no lock or it is stale."""
-        if not self.path.exists():
-            return False
-        holder = self._holder()
-        return holder is None or holder[1] != socket.gethostname() or _alive(holder[0])
+        return self.path.exists() and not _stale(self._holder())
 
     def _holder(self) -> tuple[int, str] | None:
         """(pid, host) of the lock file; None when it cannot be read."""
@@ -165,7 +162,7 @@ class RunLock:
     def _check_holder(self) -> None:
         holder = self._holder()
         pid, host = holder if holder is not None else (None, None)
-        if holder is not None and host == socket.gethostname() and not _alive(pid):
+        if _stale(holder):
             print(f"note: stale lock {self.path} of process {pid}, which is no longer running (killed or crashed), "
                   "was removed", flush=True)
             self.path.unlink(missing_ok=True)
@@ -181,6 +178,11 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def _stale(holder: tuple[int, str] | None) -> bool:
+    """A lock of a process on this host that is no longer running (an unreadable lock is never stale)."""
+    return holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0])
 
 
 def _alive(pid: int) -> bool:
