@@ -171,18 +171,30 @@ def _timed(cmd: list[str]) -> float:
     return time.monotonic() - t0
 
 
+def _locked(plan: dict) -> bool:
+    """Whether another live process trains this run now (its folder's lock); says so when it does."""
+    if not RunLock(Path(plan["out"])).in_use():
+        return False
+    print(f"skipped {plan['out']}: another process is training it (run this script again once it is done)",
+          flush=True)
+    return True
+
+
 def run_one(plan: dict, entry: dict) -> dict:
     """Train (or continue) one run to its last iteration, then evaluate it on the held-out tasks once; ``entry``
     is its record in the JSON (returned updated)."""
     got = read_run(plan["out"])
     wall = entry.get("wall_s", 0.0)
     unfinished = got is None or got["iterations"] < plan["iterations"]
-    if unfinished and RunLock(Path(plan["out"])).in_use():
-        print(f"skipped {plan['out']}: another process is training it (run this script again once it is done)",
-              flush=True)
+    if unfinished and _locked(plan):
         return entry
     if unfinished:
-        wall += _timed(plan["cmd"] + (["--resume"] if got is not None else []))
+        try:
+            wall += _timed(plan["cmd"] + (["--resume"] if got is not None else []))
+        except subprocess.CalledProcessError:
+            if _locked(plan):  # another process took the run between the check above and this one's start
+                return entry
+            raise
         got = read_run(plan["out"])
     if not Path(plan["heldout"]).exists():
         wall += _timed(plan["eval_cmd"])

@@ -171,6 +171,23 @@ def test_a_run_another_live_process_trains_is_skipped(tmp_path, capsys):
     assert not json.loads((tmp_path / "ablation.json").read_text())["runs"]["default"]["0"].get("done")
 
 
+def test_a_run_the_other_process_takes_after_the_check_is_skipped_too(tmp_path, monkeypatch, capsys):
+    """The race of two processes started together: both saw the run unlocked, the other one took it first, so this
+    one's `metarl train` refuses the locked folder (exit 2): the run is skipped, the script goes on."""
+    run_dir = tmp_path / "runs" / "default" / "seed0"
+    real = ablate._timed
+
+    def timed(cmd):  # the other process takes the lock just before this one's train starts
+        RunLock(run_dir).acquire()
+        monkeypatch.setattr(ablate, "_timed", real)
+        return real(cmd)
+
+    monkeypatch.setattr(ablate, "_timed", timed)
+    assert ablate.main(argv(tmp_path, 160, "default")) == 0
+    assert f"skipped {run_dir}: another process is training it" in capsys.readouterr().out
+    assert not json.loads((tmp_path / "ablation.json").read_text())["runs"]["default"]["0"].get("done")
+
+
 def test_a_skipped_run_that_the_other_process_finished_keeps_its_result(tmp_path, monkeypatch):
     """This process skipped a run (its entry unfinished); the other one finished it and wrote the JSON meanwhile:
     the finished entry survives this process's save."""
