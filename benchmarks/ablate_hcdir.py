@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -269,7 +270,7 @@ def save(path: Path, data: dict, by_name: dict) -> None:
     data["summary"] = {n: summarize(n, data["runs"][n], by_name) for n in data["runs"] if n in by_name}
     add_differences(data["summary"], data["runs"], reference=next(iter(by_name)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two may save at once
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     tmp.replace(path)
 
