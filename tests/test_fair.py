@@ -159,3 +159,25 @@ def test_asha_replay_measures_what_early_stopping_keeps_of_the_ranking():
     bloomer = steady[:3] + [_synthetic("d", [0.5, 0.5, 1, 2, 40, 50, 60, 70])]
     line, = asha_check(bloomer, grace_period=2000)
     assert "stops 3 of 4 trials; 3/6 trial pairs keep their final order (50%); the best trial is stopped" in line
+
+
+def test_report_writes_every_evaluation_as_data(sweep):
+    """results.json: each trial's fresh held-out evaluations as the trial logged them (read here from progress.csv),
+    with the sweep's plan."""
+    import json
+
+    from metarl.apps import report
+
+    exp = next(iter(sweep.values()))[0].parent
+    report.write_report(exp)
+    data = json.loads((exp / "results.json").read_text())
+    assert data["sweep"]["plan"]["methods"] == ["maml", "multitask"]
+    trials = {t["method"]: t for t in data["trials"]}
+    assert set(trials) == set(sweep)
+    for m, (_, rows) in sweep.items():
+        fresh = [r for r in rows if r["eval/fresh"] == 1]
+        got = trials[m]["evaluations"]
+        assert [e["env_steps"] for e in got] == [r["env_steps/lifetime"] for r in fresh], m
+        assert [e["return_step"] for e in got] == [[r["eval/return_step_0"], r["eval/return_step_1"]] for r in fresh]
+        assert got[-1]["task_returns"] == [fresh[-1][f"eval/task_return/{i}"] for i in range(SIZE.eval_tasks)]
+        assert trials[m]["backbone"] == "gru" and trials[m]["seed"] == 0

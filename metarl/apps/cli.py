@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("metarl.apps.train", "meta-train a policy with MAML on RLlib (same flags as benchmarks/run_mujoco.py)"),
     "evaluate": ("metarl.apps.evaluate", "adapt a trained policy on held-out test tasks and report return per step"),
     "sweep": ("metarl.apps.sweep", "compare backbones x tasks x seeds with a Ray Tune sweep"),
-    "report": ("metarl.apps.report", "turn a sweep folder into report.md and plots"),
+    "report": ("metarl.apps.report", "turn a sweep folder into report.md, plots and results.json"),
 }
 
 

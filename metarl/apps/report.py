@@ -1,4 +1,5 @@
-"""``metarl report DIR``: turn a Tune sweep folder into ``DIR/report.md`` and ``DIR/plots/*.png``.
+"""``metarl report DIR``: turn a Tune sweep folder into ``DIR/report.md``, ``DIR/plots/*.png`` and
+``DIR/results.json`` (every trial's held-out evaluations as data, with the sweep's plan and provenance).
 
 Reads every trial folder ``DIR/<trial>/`` holding ``params.json`` plus ``result.json`` (one JSON result per line;
 else ``progress.csv``); a restored trial's repeated iterations count once, from the restored run. The ranking uses the held-out evaluation every trial runs on itself (``eval/...``,
@@ -616,9 +617,40 @@ def short_of_budget(trials: list[Trial]) -> list[str]:
     return lines
 
 
+# --- the curves as data -------------------------------------------------------------------------------------------
+def curves(trials: list[Trial]) -> list[dict]:
+    """Per trial, every fresh held-out evaluation as data (what the plots and the ranking read), for other plots:
+    training env steps, evaluation env steps, wall seconds, the held-out return after k = 0..K inner steps and
+    after K per held-out task."""
+    out = []
+    for t in trials:
+        rows = _fresh_rows(t)
+        ks = _eval_steps(rows)
+        task, backbone, method = t.key
+        out.append({"trial": t.name, "task": task, "backbone": backbone, "method": method,
+                    "seed": t.params.get("seed"), "num_params": t.rows[-1].get("model/num_params") if t.rows else None,
+                    "evaluations": [{"iteration": r.get("training_iteration"), "env_steps": r.get("env_steps/lifetime"),
+                                     "eval_env_steps": r.get("eval/env_steps_lifetime"), "wall_s": r.get("time_total_s"),
+                                     "return_step": [r.get(f"eval/return_step_{k}") for k in ks],
+                                     "task_returns": _task_returns(r)} for r in rows]})
+    return out
+
+
+def write_curves(exp_dir: Path, trials: list[Trial]) -> Path:
+    """``exp_dir/results.json``: the sweep's plan and provenance (``sweep.json``, when present) and ``curves``."""
+    from metarl.apps.provenance import json_safe
+
+    sweep_json = exp_dir / "sweep.json"
+    sweep = json.loads(sweep_json.read_text(encoding="utf-8")) if sweep_json.exists() else None
+    out = exp_dir / "results.json"
+    out.write_text(json.dumps(json_safe({"sweep": sweep, "trials": curves(trials)}), indent=1), encoding="utf-8")
+    return out
+
+
 def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: int = 10,
                  eval_episodes: int = 10, asha_grace: float = 0) -> Path:
-    """Write ``exp_dir/report.md`` and ``exp_dir/plots/*.png``; returns the report path.
+    """Write ``exp_dir/report.md``, ``exp_dir/plots/*.png`` and ``exp_dir/results.json`` (``write_curves``);
+    returns the report path.
 
     ``evaluate_steps`` > 0 adds the held-out evaluation of every trial's last checkpoint (``evaluate_trials``).
     """
@@ -628,6 +660,7 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
     cells = summarize(trials)
     held = heldout_cells(trials)
     pngs = plot(trials, held, exp_dir / "plots")
+    write_curves(exp_dir, trials)
     in_context = in_context_cells(trials)
     pngs += plot_in_context(in_context, exp_dir / "plots") if in_context else []
     short = short_of_budget(trials)
