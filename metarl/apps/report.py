@@ -487,6 +487,18 @@ def _learning_curves(ts: list[Trial]) -> tuple[np.ndarray, np.ndarray]:
         return np.nanmean(x, axis=0), y
 
 
+#: line style per method in the learning plots (a backbone keeps one colour across methods)
+METHOD_STYLE = {"maml": "-", "multitask": "--", "rl2": "-."}
+
+
+def _colours(backbones) -> dict[str, str]:
+    """One colour of matplotlib's default cycle per backbone, in sorted order."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {b: cycle[i % len(cycle)] for i, b in enumerate(sorted(set(backbones)))}
+
+
 def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
     """learning_<task>.png and adaptation_<task>.png per task with held-out evaluations; returns the paths."""
     import matplotlib
@@ -502,23 +514,28 @@ def plot(trials: list[Trial], cells: list[dict], plots_dir: Path) -> list[Path]:
         for t in trials:
             if t.key[0] == task and _fresh_rows(t):
                 groups[t.key[1:]].append(t)
+        colour = _colours(b for b, _ in groups)
         for (backbone, method), ts in sorted(groups.items()):
             x, curves = _learning_curves(ts)
             with np.errstate(invalid="ignore"), _quiet():
                 mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
-            line, = ax.plot(x, mean, marker="o", ms=3, label=_label(backbone, method),
-                            ls="--" if method != "maml" else "-")
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.plot(x / 1e6, mean, marker="o", ms=3, label=_label(backbone, method), color=colour[backbone],
+                    ls=METHOD_STYLE.get(method, ":"))
+            ax.fill_between(x / 1e6, mean - std, mean + std, color=colour[backbone], alpha=0.15)
         k = max((c["steps"][-1] for c in cells if c["task"] == task and c["steps"]), default=0)
         ax.set(title=f"{task}: held-out return after {k} inner step(s), mean ± std over seeds",
-               xlabel="training env steps (env_steps/lifetime)", ylabel=f"held-out return after {k} step(s)\n(episode reward sum)")
+               xlabel="training env steps (millions; env_steps/lifetime)",
+               ylabel=f"held-out return after {k} step(s)\n(episode reward sum)")
         written.append(_save(fig, ax, plots_dir / f"learning_{task}.png"))
 
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for c in (c for c in cells if c["task"] == task):
-            ks = c["steps"]
-            ms = np.array([c[f"return_step_{k}"] for k in ks])  # (K+1, 2)
-            ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=_label(c["backbone"], c["method"]))
+        mine = [c for c in cells if c["task"] == task]
+        colour = _colours(c["backbone"] for c in mine)
+        for i, c in enumerate(mine):
+            ks = np.asarray(c["steps"], dtype=float) + 0.03 * (i - (len(mine) - 1) / 2)  # bars side by side
+            ms = np.array([c[f"return_step_{k}"] for k in c["steps"]])  # (K+1, 2)
+            ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=_label(c["backbone"], c["method"]),
+                        color=colour[c["backbone"]], ls=METHOD_STYLE.get(c["method"], ":"))
         ax.set(title=f"{task}: held-out return vs inner steps (last evaluation)", xlabel="inner steps k",
                ylabel="held-out return with θ_k\n(episode reward sum)")
         ax.xaxis.get_major_locator().set_params(integer=True)
