@@ -17,8 +17,8 @@ outside the markers is never touched. Sources (nothing here is typed by hand):
 - ``navigation-calibration`` (BENCHMARKS.md): ``docs/results/navigation_calibration.json``, the calibration of
   tests/test_learning.py.
 - ``readme-comparison`` (README.md): ``docs/results/hcdir_sweep_report.md`` (the ``metarl report`` of the
-  HalfCheetahDir sweep): its held-out ranking of halfcheetah-dir (a selection of columns) and the lines that say
-  which differences to the best are within noise.
+  HalfCheetahDir sweep): its held-out ranking of halfcheetah-dir (a selection of columns) and the lines under it
+  that say which differences (to the best, and to the multitask baseline) are within noise.
 
 Speed tables are measurements of a machine, not derived from result files: they are not regenerated.
 Debug in-process: ``python -c "import benchmarks.results_tables as r; print(r.render_all()['readme-comparison'])"``.
@@ -131,8 +131,10 @@ def readme_comparison(report: str, task: str = COMPARISON_TASK) -> str:
             "95% interval (seed × task)", "env steps (budget)", "wall time (s)"]
     header, rows = table_with(md_tables(section), *cols)
     table = render(cols, [[dict(zip(header, r))[c] for c in cols] for r in rows])
-    noise = [line for line in section.splitlines() if line.startswith("- ")]
-    return "\n".join([table, "", *noise]) if noise else table
+    lines = section.splitlines()
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    noise = "\n".join(lines[last_row + 1:]).strip()  # the differences to the best and to the baseline
+    return f"{table}\n\n{noise}" if noise else table
 
 
 def render_all() -> dict[str, str]:

@@ -133,6 +133,12 @@ def test_report_ranks_on_heldout_with_intervals_and_noise(sweep):
     verdict = "within noise" if stats.within_noise(per_task[order[0]], per_task[order[1]]) else "beyond noise"
     d = stats.difference(per_task[order[0]], per_task[order[1]])
     assert f"Δ = {d.mean:.2f}, 95% interval [{d.low:.2f}, {d.high:.2f}]: {verdict}" in section
+    # MAML against the multitask baseline of the same backbone, whichever ranks first
+    against = section.split("Each method against the multitask baseline of its backbone")[1]
+    b = stats.difference(per_task["maml"], per_task["multitask"])
+    verdict = "within noise" if stats.within_noise(per_task["maml"], per_task["multitask"]) else "beyond noise"
+    assert f"- gru (maml) vs gru (multitask): Δ = {b.mean:.2f}, 95% interval [{b.low:.2f}, {b.high:.2f}]: " \
+           f"{verdict}" in against
     pngs = sorted((exp / "plots").glob("*.png"))
     assert {p.name for p in pngs} == {f"learning_{NAV}.png", f"adaptation_{NAV}.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

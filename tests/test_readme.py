@@ -202,5 +202,7 @@ def test_readme_comparison_selects_the_family_columns_and_noise_lines():
         "| 2 | mlp | multitask | 2 | 49,808 | -14.81 ± 1.00 | -7.79 ± 2.00 | [-13.82, -1.88] | 5000000 ± 0 | "
         "2274.8 ± 10.0 |",
         "",
+        "Differences to the best (bootstrap over seed × held-out task, 95%):",
+        "",
         "- gru (maml) vs mlp (multitask): Δ = 29.93, 95% interval [21.11, 38.54]: beyond noise",
     ])

@@ -401,21 +401,33 @@ def _interval_text(c: dict) -> str:
     return "n/a" if iv is None else f"[{iv.low:.2f}, {iv.high:.2f}]"
 
 
-def noise_lines(cells: list[dict]) -> list[str]:
-    """Each cell against the family's best: the difference of means, its 95% bootstrap interval and whether it is
-    within noise (the interval contains 0; ``metarl.apps.stats.within_noise``)."""
+def _difference_line(a: dict, b: dict) -> str:
+    """``a`` minus ``b``: the difference of means, its 95% bootstrap interval and whether it is within noise (the
+    interval contains 0; ``metarl.apps.stats.within_noise``)."""
     from metarl.apps.stats import difference, within_noise
 
-    best, lines = cells[0], []
-    for c in cells[1:]:
-        name = f"{best['backbone']} ({best['method']}) vs {c['backbone']} ({c['method']})"
-        if "per_task" not in best or "per_task" not in c:
-            lines.append(f"- {name}: no per-task values, not tested")
-            continue
-        d = difference(best["per_task"], c["per_task"])
-        verdict = "within noise" if within_noise(best["per_task"], c["per_task"]) else "beyond noise"
-        lines.append(f"- {name}: Δ = {d.mean:.2f}, 95% interval [{d.low:.2f}, {d.high:.2f}]: {verdict}")
-    return lines
+    name = f"{a['backbone']} ({a['method']}) vs {b['backbone']} ({b['method']})"
+    if "per_task" not in a or "per_task" not in b:
+        return f"- {name}: no per-task values, not tested"
+    d = difference(a["per_task"], b["per_task"])
+    verdict = "within noise" if within_noise(a["per_task"], b["per_task"]) else "beyond noise"
+    return f"- {name}: Δ = {d.mean:.2f}, 95% interval [{d.low:.2f}, {d.high:.2f}]: {verdict}"
+
+
+def noise_lines(cells: list[dict]) -> list[str]:
+    """Each cell against the family's best (``_difference_line``)."""
+    return [_difference_line(cells[0], c) for c in cells[1:]]
+
+
+BASELINE = "multitask"
+
+
+def baseline_lines(cells: list[dict]) -> list[str]:
+    """Per backbone, each other method against the multitask baseline of the same backbone (``_difference_line``);
+    none where a backbone has no baseline."""
+    base = {c["backbone"]: c for c in cells if c["method"] == BASELINE}
+    return [_difference_line(c, base[c["backbone"]]) for c in sorted(cells, key=lambda c: (c["backbone"], c["method"]))
+            if c["method"] != BASELINE and c["backbone"] in base]
 
 
 def ranking_markdown(cells: list[dict]) -> str:
@@ -438,6 +450,9 @@ def ranking_markdown(cells: list[dict]) -> str:
         noise = noise_lines(cs)
         if noise:
             lines += ["", "Differences to the best (bootstrap over seed × held-out task, 95%):", "", *noise]
+        against = baseline_lines(cs)
+        if against:
+            lines += ["", "Each method against the multitask baseline of its backbone (same bootstrap):", "", *against]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
