@@ -178,6 +178,7 @@ def test_report_writes_every_evaluation_as_data(sweep):
     report.write_report(exp)
     data = json.loads((exp / "results.json").read_text())
     assert data["sweep"]["plan"]["methods"] == ["maml", "multitask"]
+    assert str(exp.parent) not in json.dumps(data)  # no path of this machine (the sweep's resolved storage)
     trials = {t["method"]: t for t in data["trials"]}
     assert set(trials) == set(sweep)
     for m, (_, rows) in sweep.items():

@@ -674,6 +674,8 @@ def write_curves(exp_dir: Path, trials: list[Trial]) -> Path:
 
     sweep_json = exp_dir / "sweep.json"
     sweep = json.loads(sweep_json.read_text(encoding="utf-8")) if sweep_json.exists() else None
+    if sweep:  # the storage as resolved on the machine that ran it; the provenance's command has it as given
+        sweep.get("plan", {}).pop("storage", None)
     out = exp_dir / "results.json"
     out.write_text(json.dumps(json_safe({"sweep": sweep, "trials": curves(trials)}), indent=1), encoding="utf-8")
     return out
