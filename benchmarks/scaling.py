@@ -15,6 +15,9 @@ time of the whole process tree (driver, raylet, every worker; from /proc) / wall
 to the 1-core layout of the same backbone, measured in the same run (with ``--rounds N`` every layout runs N
 times, in alternation, and the table shows medians; the speedup is the median of each round's ratio).
 ``(auto)`` marks the layout that ``--num-env-runners auto --num-learners auto`` picks on 2 cores (``make run``'s).
+"in a Learner": the Learners' own split of the meta-update (``meta/time_*_s``, mean over Learners): episode tensors
+and advantages, the meta-gradients, the collectives (waits included); the rest of "update s" is the calls to the
+Learners (the shards' transfer) and Adam.
 
 Defaults: HalfCheetahDir H=100, 20 tasks x 10 episodes on 10 sub-envs per runner, width 64, second order. Results: BENCHMARKS.md.
 Debug in-process: ``python benchmarks/scaling.py --child '{"backbone": "mlp", "cores": [0], "runners": 0,
@@ -76,6 +79,10 @@ class PhaseMeter:
         return timed
 
 
+#: the Learners' own split of the meta-update (``meta/time_<part>_s``, mean over Learners)
+LEARNER_PARTS = ("prepare", "gradient", "allreduce")
+
+
 def child(spec: dict) -> dict:
     """One layout in this process: build, warm up, time ``iterations`` meta-iterations."""
     os.sched_setaffinity(0, set(spec["cores"]))
@@ -101,16 +108,18 @@ def child(spec: dict) -> dict:
     try:
         algo.train()  # warm-up (actor start, first compile of every path)
         meter.rows.clear()
-        walls, steps = [], []
+        walls, steps, parts = [], [], []
         for _ in range(spec["iterations"]):
             t0 = time.perf_counter()
             result = algo.train()
             walls.append(time.perf_counter() - t0)
             steps.append(result["env_steps"]["this_iter"])
+            parts.append({k: result["meta"][f"time_{k}_s"] for k in LEARNER_PARTS})
     finally:
         algo.stop()
         ray.shutdown()
     out = {"iteration_s": statistics.median(walls), "steps_per_s": statistics.median(s / w for s, w in zip(steps, walls))}
+    out.update({f"learner_{k}_s": statistics.median(p[k] for p in parts) for k in LEARNER_PARTS})
     for phase, rows in meter.rows.items():
         wall, cpu = sum(r[0] for r in rows), sum(r[1] for r in rows)
         out[f"{phase}_s"] = wall / len(rows)
@@ -175,7 +184,8 @@ def main() -> None:
           f"{args.num_envs} sub-envs per runner, width {args.width}, {'first' if args.first_order else 'second'} "
           f"order, median of {args.iterations} iterations")
     print(f"{'backbone':8s} {'layout':40s} {'iter s':>7s} {'speedup':>7s} {'steps/s':>8s} {'sample s':>8s} "
-          f"{'cores':>5s} {'update s':>8s} {'cores':>5s}")
+          f"{'cores':>5s} {'update s':>8s} {'cores':>5s} | in a Learner: {'prepare':>7s} {'gradient':>8s} "
+          f"{'allreduce':>9s}")
     for backbone in args.backbones.split(","):
         rows = layouts(args.meta_batch_size, args.auto_only)
         runs: dict[str, list[dict]] = {name: [] for name, *_ in rows}
@@ -190,8 +200,9 @@ def main() -> None:
         for name, *_ in rows:
             m = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
             print(f"{backbone:8s} {name:40s} {m['iteration_s']:7.2f} {m['speedup']:6.2f}x {m['steps_per_s']:8.0f} "
-                  f"{m['sample_s']:8.2f} {m['sample_cores']:5.2f} {m['update_s']:8.2f} {m['update_cores']:5.2f}",
-                  flush=True)
+                  f"{m['sample_s']:8.2f} {m['sample_cores']:5.2f} {m['update_s']:8.2f} {m['update_cores']:5.2f} |"
+                  f"{'':14s} {m['learner_prepare_s']:7.2f} {m['learner_gradient_s']:8.2f} "
+                  f"{m['learner_allreduce_s']:9.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

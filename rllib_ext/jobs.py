@@ -103,7 +103,8 @@ def iteration_metrics(results: Sequence[TaskResult]) -> dict[str, float]:
     return out
 
 
-#: how each Learner metric combines across Learners (the rest: mean)
+#: how each Learner metric combines across Learners (the rest: mean; for the ``time_*_s`` parts too, so that they
+#: add up to a mean Learner's time: the max of each part would count one Learner's work and another's wait for it)
 LEARNER_METRIC_REDUCE = {"logp_mismatch": max}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 import torch
@@ -117,10 +118,15 @@ class MAMLLearner(TorchLearner):
         With ``outer_monotone`` a step after which the meta-objective (all-reduced) is worse than before it is
         shortened or undone (``_backtrack``) and ends the update; a pass after the last step measures it.
         ``first_order`` (None: the config's) is the Algorithm's choice under ``first_order_until``; logged.
+        Also logs where this Learner's time went, in seconds: ``time_prepare_s`` (episode tensors, advantages),
+        ``time_gradient_s`` (the meta-gradients), ``time_allreduce_s`` (the collectives, waits included); the rest
+        of ``time/meta_update_s`` is the calls to the Learners and Adam.
         """
         cfg = self.config
         first_order = cfg.first_order if first_order is None else first_order
+        t0 = time.perf_counter()
         tasks = self.prepare(task_results)  # episode tensors and advantages do not change across outer steps
+        self._seconds = {"time_prepare_s": time.perf_counter() - t0, "time_gradient_s": 0.0, "time_allreduce_s": 0.0}
         optim = self.get_optimizer(DEFAULT_MODULE_ID)
         params = list(self.policy.parameters())
         metrics = {"first_order": int(first_order)}
@@ -161,14 +167,20 @@ class MAMLLearner(TorchLearner):
             metrics["outer_steps_run"] = step + 1
         if cfg.outer_monotone:
             metrics.setdefault("outer_step_kept", 1.0)
-        return metrics
+        return {**metrics, **self._seconds}
 
     def _reduced_meta_gradient(self, tasks, params: list[torch.Tensor], num_tasks_total: int,
                                first_order: bool) -> tuple[float, float]:
-        """``meta_gradient`` into ``.grad``, summed with the other Learners' (loss too): (loss, max |Δlogp|)."""
+        """``meta_gradient`` into ``.grad``, summed with the other Learners' (loss too): (loss, max |Δlogp|). Adds
+        the seconds of each part to ``time_gradient_s`` and ``time_allreduce_s`` (the waits for the other Learners
+        included)."""
+        t0 = time.perf_counter()
         loss, max_dlogp = self.meta_gradient(tasks, num_tasks_total=num_tasks_total, first_order=first_order)
+        t1 = time.perf_counter()
         if dist.is_available() and dist.is_initialized():
             loss = self._all_reduce(params, loss * len(tasks)) / num_tasks_total
+        self._seconds["time_gradient_s"] += t1 - t0
+        self._seconds["time_allreduce_s"] += time.perf_counter() - t1
         return loss, max_dlogp
 
     def _backtrack(self, tasks, params: list[torch.Tensor], optim, before: tuple, *, num_tasks_total: int,

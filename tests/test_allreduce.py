@@ -71,6 +71,12 @@ def test_two_learners_reduce_to_the_one_learner_meta_gradient_and_loss():
                                        err_msg=f"weight {name} learner {i}")
         np.testing.assert_array_equal(learners[0][name][1], learners[1][name][1], err_msg="learners drifted apart")
     assert sum(float(np.abs(g).sum()) for g, _ in single.values()) > 0
+    # where the update's time went: parts of the driver's meta_update window (causality, not speed)
+    for result, learners_ in ((one, 1), (two, 2)):
+        meta, parts = result["meta"], ("time_prepare_s", "time_gradient_s", "time_allreduce_s")
+        assert all(meta[k] >= 0 for k in parts) and meta["time_gradient_s"] > 0
+        assert sum(meta[k] for k in parts) <= result["time"]["meta_update_s"], learners_
+    assert two["meta"]["time_allreduce_s"] > 0 and one["meta"]["time_allreduce_s"] < 1e-3  # no collective alone
 
 
 def _reduce_worker(rank: int, init_file: str, out_file: str) -> None:  # one gloo rank (torch.multiprocessing.spawn)
