@@ -10,10 +10,10 @@ What to expect: "4 generated tables match their result files" (or the differing 
 outside the markers is never touched. Sources (nothing here is typed by hand):
 
 - ``navigation-sweep-training`` and ``navigation-sweep-held-out`` (BENCHMARKS.md):
-  ``docs/results/navigation_sweep_report.md``, the ``metarl report --evaluate 1`` output of the first sweep. Columns are a selection of the report's; cells are
-  the report's, except that a gain is shown as ``—`` where there is no "after" value (the multi-task rows have no
-  inner step during training: the report's ``0.00 ± 0.00`` there is not a measured gain) and env steps equal over
-  seeds are shown as one number.
+  ``docs/results/navigation_sweep_report.md``, the ``metarl report --evaluate 1`` output of the first sweep.
+  Columns are a selection of the report's; cells are the report's, except that a gain is shown as ``—`` where
+  there is no "after" value (the multi-task rows have no inner step during training: the report's
+  ``0.00 ± 0.00`` there is not a measured gain) and env steps equal over seeds are shown as one number.
 - ``navigation-calibration`` (BENCHMARKS.md): ``docs/results/navigation_calibration.json``, the calibration of
   tests/test_learning.py.
 - ``readme-comparison`` (README.md): ``docs/results/hcdir_sweep_report.md`` (the ``metarl report`` of the
