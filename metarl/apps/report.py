@@ -404,13 +404,13 @@ def _interval_text(c: dict) -> str:
 def _difference_line(a: dict, b: dict) -> str:
     """``a`` minus ``b``: the difference of means, its 95% bootstrap interval and whether it is within noise (the
     interval contains 0; ``metarl.apps.stats.within_noise``)."""
-    from metarl.apps.stats import difference, within_noise
+    from metarl.apps.stats import difference
 
     name = f"{a['backbone']} ({a['method']}) vs {b['backbone']} ({b['method']})"
     if "per_task" not in a or "per_task" not in b:
         return f"- {name}: no per-task values, not tested"
-    d = difference(a["per_task"], b["per_task"])
-    verdict = "within noise" if within_noise(a["per_task"], b["per_task"]) else "beyond noise"
+    d = difference(a["per_task"], b["per_task"])  # within_noise's own test, without a second bootstrap
+    verdict = "beyond noise" if d.excludes(0.0) else "within noise"
     return f"- {name}: Δ = {d.mean:.2f}, 95% interval [{d.low:.2f}, {d.high:.2f}]: {verdict}"
 
 
@@ -668,14 +668,18 @@ def curves(trials: list[Trial]) -> list[dict]:
     return out
 
 
-def write_curves(exp_dir: Path, trials: list[Trial]) -> Path:
-    """``exp_dir/results.json``: the sweep's plan and provenance (``sweep.json``, when present) and ``curves``."""
+def _sweep_meta(exp_dir: Path) -> dict | None:
+    """``exp_dir/sweep.json`` (the sweep's plan, provenance, matched widths), or None without one."""
+    path = exp_dir / "sweep.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def write_curves(exp_dir: Path, trials: list[Trial], sweep: dict | None) -> Path:
+    """``exp_dir/results.json``: the sweep's plan and provenance (``sweep``, from ``_sweep_meta``) and ``curves``."""
     from metarl.apps.provenance import json_safe
 
-    sweep_json = exp_dir / "sweep.json"
-    sweep = json.loads(sweep_json.read_text(encoding="utf-8")) if sweep_json.exists() else None
     if sweep:  # the storage as resolved on the machine that ran it; the provenance's command has it as given
-        sweep.get("plan", {}).pop("storage", None)
+        sweep = {**sweep, "plan": {k: v for k, v in sweep.get("plan", {}).items() if k != "storage"}}
     out = exp_dir / "results.json"
     out.write_text(json.dumps(json_safe({"sweep": sweep, "trials": curves(trials)}), indent=1), encoding="utf-8")
     return out
@@ -694,7 +698,8 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
     cells = summarize(trials)
     held = heldout_cells(trials)
     pngs = plot(trials, held, exp_dir / "plots")
-    write_curves(exp_dir, trials)
+    sweep = _sweep_meta(exp_dir)
+    write_curves(exp_dir, trials, sweep)
     in_context = in_context_cells(trials)
     pngs += plot_in_context(in_context, exp_dir / "plots") if in_context else []
     short = short_of_budget(trials)
@@ -736,9 +741,8 @@ def write_report(exp_dir: str | Path, *, evaluate_steps: int = 0, eval_tasks: in
                       f"seed 1) with {eval_episodes} episodes per step and the trial's inner lr, the multi-task "
                       "baseline the same way (`metarl evaluate`). Mean over tasks per seed, then mean ± std over "
                       "seeds.", "", evaluation_table(ev), ""]
-    sweep_json = exp_dir / "sweep.json"
-    if sweep_json.exists():
-        widths = json.loads(sweep_json.read_text(encoding="utf-8")).get("matched_widths") or {}
+    if sweep:
+        widths = sweep.get("matched_widths") or {}
         if widths:
             parts += ["## Matched backbone sizes", "", "| task | backbone | width | backbone params |",
                       "|---|---|---|---|"]
