@@ -15,6 +15,9 @@ time of the whole process tree (driver, raylet, every worker; from /proc) / wall
 to the 1-core layout of the same backbone, measured in the same run (with ``--rounds N`` every layout runs N
 times, in alternation, and the table shows medians; the speedup is the median of each round's ratio).
 ``(auto)`` marks the layout that ``--num-env-runners auto --num-learners auto`` picks on 2 cores (``make run``'s).
+"push s": the new weights to the runners, confirmed. "in a runner: busy": a runner's own seconds of sampling and
+inner steps (the tasks' ``time_sample_s`` + ``time_adapt_s``, summed, / runners); the rest of "sample s" is the
+jobs' dispatch, the results' transfer to the driver and the wait for the slower runner.
 "in a Learner": the Learners' own split of the meta-update (``meta/time_*_s``, mean over Learners): episode tensors
 and advantages, the meta-gradients, the collectives (waits included); the rest of "update s" is the calls to the
 Learners (the shards' transfer) and Adam.
@@ -105,21 +108,25 @@ def child(spec: dict) -> dict:
     meter = PhaseMeter()
     algo.run_jobs = meter.wrap("sample", algo.run_jobs)
     algo.meta_update = meter.wrap("update", algo.meta_update)
+    algo.push_weights = meter.wrap("push", algo.push_weights)
     try:
         algo.train()  # warm-up (actor start, first compile of every path)
         meter.rows.clear()
-        walls, steps, parts = [], [], []
+        walls, steps, parts, busy = [], [], [], []
         for _ in range(spec["iterations"]):
             t0 = time.perf_counter()
             result = algo.train()
             walls.append(time.perf_counter() - t0)
             steps.append(result["env_steps"]["this_iter"])
             parts.append({k: result["meta"][f"time_{k}_s"] for k in LEARNER_PARTS})
+            busy.append((result["time"]["runner_sampling_s"] + result["time"]["runner_adapting_s"])
+                        / max(spec["runners"], 1))
     finally:
         algo.stop()
         ray.shutdown()
     out = {"iteration_s": statistics.median(walls), "steps_per_s": statistics.median(s / w for s, w in zip(steps, walls))}
     out.update({f"learner_{k}_s": statistics.median(p[k] for p in parts) for k in LEARNER_PARTS})
+    out["runner_busy_s"] = statistics.median(busy)
     for phase, rows in meter.rows.items():
         wall, cpu = sum(r[0] for r in rows), sum(r[1] for r in rows)
         out[f"{phase}_s"] = wall / len(rows)
@@ -184,8 +191,8 @@ def main() -> None:
           f"{args.num_envs} sub-envs per runner, width {args.width}, {'first' if args.first_order else 'second'} "
           f"order, median of {args.iterations} iterations")
     print(f"{'backbone':8s} {'layout':40s} {'iter s':>7s} {'speedup':>7s} {'steps/s':>8s} {'sample s':>8s} "
-          f"{'cores':>5s} {'update s':>8s} {'cores':>5s} | in a Learner: {'prepare':>7s} {'gradient':>8s} "
-          f"{'allreduce':>9s}")
+          f"{'cores':>5s} {'update s':>8s} {'cores':>5s} {'push s':>6s} | in a runner: {'busy':>5s} | in a Learner: "
+          f"{'prepare':>7s} {'gradient':>8s} {'allreduce':>9s}")
     for backbone in args.backbones.split(","):
         rows = layouts(args.meta_batch_size, args.auto_only)
         runs: dict[str, list[dict]] = {name: [] for name, *_ in rows}
@@ -200,8 +207,9 @@ def main() -> None:
         for name, *_ in rows:
             m = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
             print(f"{backbone:8s} {name:40s} {m['iteration_s']:7.2f} {m['speedup']:6.2f}x {m['steps_per_s']:8.0f} "
-                  f"{m['sample_s']:8.2f} {m['sample_cores']:5.2f} {m['update_s']:8.2f} {m['update_cores']:5.2f} |"
-                  f"{'':14s} {m['learner_prepare_s']:7.2f} {m['learner_gradient_s']:8.2f} "
+                  f"{m['sample_s']:8.2f} {m['sample_cores']:5.2f} {m['update_s']:8.2f} {m['update_cores']:5.2f} "
+                  f"{m['push_s']:6.2f} |{'':13s} {m['runner_busy_s']:5.2f} |{'':14s} {m['learner_prepare_s']:7.2f} "
+                  f"{m['learner_gradient_s']:8.2f} "
                   f"{m['learner_allreduce_s']:9.2f}", flush=True)
 
 if __name__ == "__main__":
