@@ -88,7 +88,8 @@ def rate(workload: str, cores: list[int], seconds: float) -> float:
     for p in procs:
         p.start()
     for _ in procs:
-        assert out.get(timeout=120)[0] == "ready"
+        if out.get(timeout=120)[0] != "ready":  # a worker that fails dies before it says so: get() times out
+            raise RuntimeError("a worker answered before it was ready")
     start.set()
     rates = [out.get(timeout=seconds + 120)[1] for _ in procs]
     for p in procs:
@@ -117,8 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     bad = [w for w in workloads if w not in WORKLOADS]
-    if bad or args.rounds < 1 or not args.seconds > 0:
-        ap.error(f"--workloads {bad or ''} must be of {WORKLOADS}; --rounds >= 1, --seconds > 0")
+    if bad or not workloads:
+        ap.error(f"--workloads {args.workloads!r}: each must be one of {', '.join(WORKLOADS)}")
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: must be >= 1")
+    if not args.seconds > 0:
+        ap.error(f"--seconds {args.seconds}: must be > 0")
     if len(os.sched_getaffinity(0)) < 2:
         ap.error("needs 2 cores (this process may use only 1)")
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
