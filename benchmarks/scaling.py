@@ -19,8 +19,9 @@ times, in alternation, and the table shows medians; the speedup is the median of
 inner steps (the tasks' ``time_sample_s`` + ``time_adapt_s``, summed, / runners); the rest of "sample s" is the
 jobs' dispatch, the results' transfer to the driver and the wait for the slower runner.
 "in a Learner": the Learners' own split of the meta-update (``meta/time_*_s``, mean over Learners): episode tensors
-and advantages, the meta-gradients, the collectives (waits included); the rest of "update s" is the calls to the
-Learners (the shards' transfer) and Adam.
+and advantages, the meta-gradients, the collectives (waits included), and "whole": the Learner's whole update
+(those, Adam, clipping). "calls s" = "update s" - "whole": the calls to the Learners (the shards' way in, the
+metrics' way back, the wait for the slowest Learner).
 
 Defaults: HalfCheetahDir H=100, 20 tasks x 10 episodes on 10 sub-envs per runner, width 64, second order. Results: BENCHMARKS.md.
 Debug in-process: ``python benchmarks/scaling.py --child '{"backbone": "mlp", "cores": [0], "runners": 0,
@@ -83,7 +84,7 @@ class PhaseMeter:
 
 
 #: the Learners' own split of the meta-update (``meta/time_<part>_s``, mean over Learners)
-LEARNER_PARTS = ("prepare", "gradient", "allreduce")
+LEARNER_PARTS = ("prepare", "gradient", "allreduce", "learner")  # "learner": its whole update
 
 
 def child(spec: dict) -> dict:
@@ -192,7 +193,7 @@ def main() -> None:
           f"order, median of {args.iterations} iterations")
     print(f"{'backbone':8s} {'layout':40s} {'iter s':>7s} {'speedup':>7s} {'steps/s':>8s} {'sample s':>8s} "
           f"{'cores':>5s} {'update s':>8s} {'cores':>5s} {'push s':>6s} | in a runner: {'busy':>5s} | in a Learner: "
-          f"{'prepare':>7s} {'gradient':>8s} {'allreduce':>9s}")
+          f"{'prepare':>7s} {'gradient':>8s} {'allreduce':>9s} {'whole':>5s} | calls s")
     for backbone in args.backbones.split(","):
         rows = layouts(args.meta_batch_size, args.auto_only)
         runs: dict[str, list[dict]] = {name: [] for name, *_ in rows}
@@ -210,7 +211,8 @@ def main() -> None:
                   f"{m['sample_s']:8.2f} {m['sample_cores']:5.2f} {m['update_s']:8.2f} {m['update_cores']:5.2f} "
                   f"{m['push_s']:6.2f} |{'':13s} {m['runner_busy_s']:5.2f} |{'':14s} {m['learner_prepare_s']:7.2f} "
                   f"{m['learner_gradient_s']:8.2f} "
-                  f"{m['learner_allreduce_s']:9.2f}", flush=True)
+                  f"{m['learner_allreduce_s']:9.2f} {m['learner_learner_s']:5.2f} | "
+                  f"{m['update_s'] - m['learner_learner_s']:7.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

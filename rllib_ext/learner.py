@@ -119,8 +119,9 @@ class MAMLLearner(TorchLearner):
         shortened or undone (``_backtrack``) and ends the update; a pass after the last step measures it.
         ``first_order`` (None: the config's) is the Algorithm's choice under ``first_order_until``; logged.
         Also logs where this Learner's time went, in seconds: ``time_prepare_s`` (episode tensors, advantages),
-        ``time_gradient_s`` (the meta-gradients), ``time_allreduce_s`` (the collectives, waits included); the rest
-        of ``time/meta_update_s`` is the calls to the Learners and Adam.
+        ``time_gradient_s`` (the meta-gradients), ``time_allreduce_s`` (the collectives, waits included) and
+        ``time_learner_s`` (this whole method: those parts, Adam, clipping); the rest of ``time/meta_update_s`` is the
+        calls to the Learners (the shards' way in, the metrics' way back, the wait for the slowest Learner).
         """
         cfg = self.config
         first_order = cfg.first_order if first_order is None else first_order
@@ -167,7 +168,7 @@ class MAMLLearner(TorchLearner):
             metrics["outer_steps_run"] = step + 1
         if cfg.outer_monotone:
             metrics.setdefault("outer_step_kept", 1.0)
-        return {**metrics, **self._seconds}
+        return {**metrics, **self._seconds, "time_learner_s": time.perf_counter() - t0}
 
     def _reduced_meta_gradient(self, tasks, params: list[torch.Tensor], num_tasks_total: int,
                                first_order: bool) -> tuple[float, float]:
